@@ -1,0 +1,5 @@
+//! Genesys Cloud: endpoints, REST client and wire types.
+
+pub mod endpoints;
+pub mod rest;
+pub mod wire;

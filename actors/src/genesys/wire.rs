@@ -1,0 +1,283 @@
+//! Wire types of the Genesys REST API and the notification envelope.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /oauth/token` answer.
+#[derive(Debug, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    /// Seconds.
+    pub expires_in: u64,
+}
+
+/// Genesys' OAuth error shape.
+#[derive(Debug, Deserialize, Default)]
+pub struct OAuthError {
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub error_description: Option<String>,
+}
+
+/// A notification channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Channel {
+    pub id: String,
+    pub connect_uri: String,
+    #[serde(default)]
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One topic in a subscription request.
+#[derive(Debug, Serialize)]
+pub struct TopicRef<'a> {
+    pub id: &'a str,
+}
+
+/// `PUT …/subscriptions` answer.
+#[derive(Debug, Deserialize, Default)]
+pub struct SubscriptionResponse {
+    #[serde(default)]
+    pub entities: Vec<SubscribedTopic>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribedTopic {
+    pub id: String,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub rejection_reason: Option<String>,
+    #[serde(default)]
+    pub missing_permissions: Vec<String>,
+}
+
+impl SubscribedTopic {
+    pub fn is_rejected(&self) -> bool {
+        self.state.as_deref() == Some("Rejected")
+    }
+}
+
+/// A page of entities (queues, users).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    #[serde(default = "Vec::new")]
+    pub entities: Vec<T>,
+    #[serde(default)]
+    pub page_count: Option<u32>,
+}
+
+/// A named entity with an optional division (queues, users).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedEntity {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub division: Option<Division>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Division {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// What a received text frame is, as far as the bridge's control logic cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameKind {
+    /// `channel.metadata` with "WebSocket Heartbeat".
+    Heartbeat,
+    /// `channel.metadata` with "pong".
+    Pong,
+    /// Any other `channel.metadata` message.
+    Metadata,
+    /// `v2.system.socket_closing`: the server will close this socket soon.
+    SocketClosing,
+    /// `v2.system.token_revoked…` or `v2.system.no_longer_subscribed…`: the channel is useless.
+    ChannelInvalidated(String),
+    /// Some other `v2.system.*` message.
+    OtherSystem(String),
+    /// An event to deliver.
+    Event,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeHead<'a> {
+    #[serde(rename = "topicName", borrow)]
+    topic_name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "eventBody", default)]
+    event_body: Option<BodyHead>,
+}
+
+#[derive(Deserialize, Default)]
+struct BodyHead {
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+}
+
+/// Why a frame could not be understood.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("no topicName")]
+    NoTopic,
+}
+
+/// Sorts a text frame into [`FrameKind`] without copying its body.
+pub fn classify_frame(text: &[u8]) -> Result<FrameKind, FrameError> {
+    let head: EnvelopeHead<'_> =
+        serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
+    let topic = head.topic_name.ok_or(FrameError::NoTopic)?;
+    if topic == "channel.metadata" {
+        let message = head
+            .event_body
+            .and_then(|b| b.message)
+            .and_then(|m| m.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Ok(match message.as_str() {
+            "WebSocket Heartbeat" => FrameKind::Heartbeat,
+            "pong" => FrameKind::Pong,
+            _ => FrameKind::Metadata,
+        });
+    }
+    if let Some(system) = topic.strip_prefix("v2.system.") {
+        if system.starts_with("socket_closing") {
+            return Ok(FrameKind::SocketClosing);
+        }
+        if system.starts_with("token_revoked") || system.starts_with("no_longer_subscribed") {
+            return Ok(FrameKind::ChannelInvalidated(topic.into_owned()));
+        }
+        return Ok(FrameKind::OtherSystem(topic.into_owned()));
+    }
+    Ok(FrameKind::Event)
+}
+
+/// What the Kafka producer needs from an event envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    pub topic: String,
+    /// The entity id the event is about: the conversation id where the body has one, else the
+    /// id inside the topic name.
+    pub key: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeFull<'a> {
+    #[serde(rename = "topicName", borrow)]
+    topic_name: std::borrow::Cow<'a, str>,
+    #[serde(rename = "eventBody", default)]
+    event_body: Option<BodyIds>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct BodyIds {
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(rename = "CorrelationId", default)]
+    correlation_id: Option<String>,
+}
+
+/// Reads topic, key and correlation id of an event envelope.
+pub fn event_meta(text: &[u8]) -> Result<EventMeta, FrameError> {
+    let envelope: EnvelopeFull<'_> =
+        serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
+    let topic = envelope.topic_name.into_owned();
+    let body = envelope.event_body.unwrap_or_default();
+    let body_id = body.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
+    let key = if topic.starts_with("v2.detail.events.conversation.") {
+        body.conversation_id.or_else(|| topic_entity_id(&topic))
+    } else {
+        body.conversation_id
+            .or(body_id.filter(|_| is_conversation_topic(&topic)))
+            .or_else(|| topic_entity_id(&topic))
+    };
+    Ok(EventMeta {
+        topic,
+        key,
+        correlation_id: envelope.metadata.and_then(|m| m.correlation_id),
+    })
+}
+
+fn is_conversation_topic(topic: &str) -> bool {
+    let last = topic.rsplit('.').next().unwrap_or("");
+    matches!(
+        last,
+        "conversations" | "calls" | "chats" | "emails" | "messages" | "callbacks"
+    ) || topic.starts_with("v2.conversations.")
+}
+
+/// The id inside a topic name: the segment after the entity kind
+/// (`v2.routing.queues.{id}.…`, `v2.users.{id}.…`, `v2.detail.events.conversation.{id}.…`).
+pub fn topic_entity_id(topic: &str) -> Option<String> {
+    let parts: Vec<&str> = topic.split('.').collect();
+    let kinds = ["queues", "users", "conversation", "conversations", "groups"];
+    parts
+        .iter()
+        .position(|part| kinds.contains(part))
+        .and_then(|index| parts.get(index + 1))
+        .map(|id| (*id).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_control_frames() {
+        let heartbeat =
+            br#"{"topicName":"channel.metadata","eventBody":{"message":"WebSocket Heartbeat"}}"#;
+        assert_eq!(classify_frame(heartbeat), Ok(FrameKind::Heartbeat));
+        let pong = br#"{"topicName":"channel.metadata","eventBody":{"message":"pong"}}"#;
+        assert_eq!(classify_frame(pong), Ok(FrameKind::Pong));
+        let closing = br#"{"topicName":"v2.system.socket_closing","eventBody":{"reason":"x"}}"#;
+        assert_eq!(classify_frame(closing), Ok(FrameKind::SocketClosing));
+        let revoked = br#"{"topicName":"v2.system.token_revoked.abc","eventBody":{}}"#;
+        assert!(matches!(
+            classify_frame(revoked),
+            Ok(FrameKind::ChannelInvalidated(_))
+        ));
+        assert!(matches!(
+            classify_frame(b"{not json"),
+            Err(FrameError::Json(_))
+        ));
+        assert_eq!(
+            classify_frame(br#"{"eventBody":{}}"#),
+            Err(FrameError::NoTopic)
+        );
+    }
+
+    #[test]
+    fn keys_events_by_the_entity_they_are_about() {
+        let snapshot = br#"{"topicName":"v2.routing.queues.q1.conversations","version":"2","eventBody":{"id":"c1","participants":[]},"metadata":{"CorrelationId":"k"}}"#;
+        let meta = event_meta(snapshot).unwrap();
+        assert_eq!(meta.key.as_deref(), Some("c1"));
+        assert_eq!(meta.correlation_id.as_deref(), Some("k"));
+        let detail = br#"{"topicName":"v2.detail.events.conversation.c2.customer.end","eventBody":{"conversationId":"c2","eventTime":1}}"#;
+        assert_eq!(event_meta(detail).unwrap().key.as_deref(), Some("c2"));
+        let stats = br#"{"topicName":"v2.analytics.queues.q9.observations","eventBody":{"group":{"queueId":"q9"}}}"#;
+        assert_eq!(event_meta(stats).unwrap().key.as_deref(), Some("q9"));
+        let user = br#"{"topicName":"v2.users.u1.presence","eventBody":{"id":"p"}}"#;
+        assert_eq!(event_meta(user).unwrap().key.as_deref(), Some("u1"));
+    }
+}

@@ -1,0 +1,158 @@
+//! HeartbeatActor: the JSON ping every `ping_interval`, and the watchdog that replaces a socket
+//! that showed no heartbeat, pong or event for `dead_after`.
+//!
+//! It runs on its own Arbiter, so a socket actor that is busy (or hung) cannot delay the verdict
+//! on its own health.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::messages::{AreYouAlive, FrameSeen, InjectPanic, Reconnect, SendPing};
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+
+pub struct HeartbeatActor {
+    ping_interval: Duration,
+    dead_after: Duration,
+    peers: Peers,
+    metrics: Arc<Metrics>,
+    allow_fault_injection: bool,
+    /// Last sign of life per shard; a shard absent here is timed from when it was first seen.
+    last_seen: HashMap<u32, Instant>,
+    /// When a reconnect was last ordered per shard, so one dead socket gets one order per period.
+    ordered_at: HashMap<u32, Instant>,
+}
+
+impl HeartbeatActor {
+    pub fn new(
+        ping_interval: Duration,
+        dead_after: Duration,
+        peers: Peers,
+        metrics: Arc<Metrics>,
+        allow_fault_injection: bool,
+    ) -> Self {
+        Self {
+            ping_interval,
+            dead_after,
+            peers,
+            metrics,
+            allow_fault_injection,
+            last_seen: HashMap::new(),
+            ordered_at: HashMap::new(),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for (index, socket) in self.peers.sockets().into_iter().enumerate() {
+            let shard = index as u32;
+            let last_seen = *self.last_seen.entry(shard).or_insert(now);
+            let silent_for = now.duration_since(last_seen);
+            self.metrics
+                .heartbeat_age
+                .get_or_create(&Metrics::shard(shard))
+                .set(silent_for.as_secs_f64());
+            let recently_ordered = self
+                .ordered_at
+                .get(&shard)
+                .is_some_and(|at| now.duration_since(*at) < self.dead_after);
+            if silent_for >= self.dead_after && !recently_ordered {
+                tracing::warn!(
+                    shard,
+                    silent_ms = silent_for.as_millis() as u64,
+                    "no heartbeat, pong or event within dead_after; replacing the socket"
+                );
+                self.ordered_at.insert(shard, now);
+                let _ = socket.try_send(
+                    Reconnect {
+                        reason: "dead_socket",
+                    },
+                    &self.metrics,
+                );
+                continue;
+            }
+            // Refused when full: the socket actor is not keeping up with control messages;
+            // the missing pongs will make the watchdog act.
+            let _ = socket.try_send(SendPing, &self.metrics);
+        }
+    }
+}
+
+impl Actor for HeartbeatActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // FrameSeen from every shard, coalesced: a few per ping interval per shard.
+        ctx.set_mailbox_capacity(256);
+        let tick_every = (self.ping_interval)
+            .min(self.dead_after / 4)
+            .max(Duration::from_millis(20));
+        let mut last_ping = Instant::now();
+        let ping_interval = self.ping_interval;
+        ctx.run_interval(tick_every, move |actor, _ctx| {
+            // The watchdog checks often; pings go out once per ping interval.
+            let now = Instant::now();
+            if now.duration_since(last_ping) >= ping_interval {
+                last_ping = now;
+                actor.tick();
+            } else {
+                actor.watch_only();
+            }
+        });
+    }
+}
+
+impl HeartbeatActor {
+    fn watch_only(&mut self) {
+        let now = Instant::now();
+        for (index, socket) in self.peers.sockets().into_iter().enumerate() {
+            let shard = index as u32;
+            let last_seen = *self.last_seen.entry(shard).or_insert(now);
+            let recently_ordered = self
+                .ordered_at
+                .get(&shard)
+                .is_some_and(|at| now.duration_since(*at) < self.dead_after);
+            if now.duration_since(last_seen) >= self.dead_after && !recently_ordered {
+                self.ordered_at.insert(shard, now);
+                tracing::warn!(
+                    shard,
+                    "no heartbeat, pong or event within dead_after; replacing the socket"
+                );
+                let _ = socket.try_send(
+                    Reconnect {
+                        reason: "dead_socket",
+                    },
+                    &self.metrics,
+                );
+            }
+        }
+    }
+}
+
+impl Handler<FrameSeen> for HeartbeatActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FrameSeen, _: &mut Self::Context) {
+        let entry = self.last_seen.entry(msg.shard).or_insert(msg.at);
+        if msg.at > *entry {
+            *entry = msg.at;
+        }
+    }
+}
+
+impl Handler<AreYouAlive> for HeartbeatActor {
+    type Result = ();
+    fn handle(&mut self, _: AreYouAlive, _: &mut Self::Context) {}
+}
+
+impl Handler<InjectPanic> for HeartbeatActor {
+    type Result = ();
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        if self.allow_fault_injection {
+            panic!("injected panic in HeartbeatActor");
+        }
+    }
+}

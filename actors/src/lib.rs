@@ -1,0 +1,25 @@
+//! The supervised runtime of genesys-kafka-bridge.
+//!
+//! Four actors, each on its own Arbiter, talk through typed messages with bounded mailboxes:
+//! [`token::TokenRefreshActor`], [`socket::SocketActor`] (one per channel shard),
+//! [`heartbeat::HeartbeatActor`] and [`producer::KafkaProducerActor`]. The [`supervisor`]
+//! starts them sink first and restarts any that stops or panics. Frames travel from the socket
+//! into the durable [`spool`] and from there to Kafka; the spool only forgets a record once Kafka
+//! acknowledged it.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod genesys;
+pub mod health;
+pub mod heartbeat;
+pub mod messages;
+pub mod metrics;
+pub mod peers;
+pub mod producer;
+pub mod secret;
+pub mod slot;
+pub mod socket;
+pub mod spool;
+pub mod supervisor;
+pub mod token;
+pub mod topics;

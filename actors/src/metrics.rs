@@ -1,0 +1,290 @@
+//! Prometheus metrics of the bridge. Labels are bounded: shard numbers, actor names, reasons and
+//! kinds from fixed sets; never a conversation id or a topic name of the org.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabel {
+    pub actor: String,
+}
+
+/// Every metric the bridge exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub frames_received: Family<KindLabel, Counter>,
+    pub frames_malformed: Counter,
+    pub events_appended: Counter,
+    pub events_produced: Counter,
+    pub events_failed: Family<ReasonLabel, Counter>,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    pub duplicates_suppressed: Counter,
+    pub delivery_latency: Histogram,
+    pub reconnects: Family<ReasonLabel, Counter>,
+    pub rollovers: Family<ReasonLabel, Counter>,
+    pub gaps: Counter,
+    pub gap_seconds: Counter<f64, AtomicU64>,
+    pub heartbeat_age: Family<ShardLabel, Gauge<f64, AtomicU64>>,
+    pub channel_age: Family<ShardLabel, Gauge<f64, AtomicU64>>,
+    pub token_seconds_to_expiry: Gauge<f64, AtomicU64>,
+    pub token_refreshes: Family<ReasonLabel, Counter>,
+    pub rest_errors: Family<ReasonLabel, Counter>,
+    pub topics_rejected: Gauge,
+    pub topics_subscribed: Gauge,
+    pub actor_restarts: Family<ActorLabel, Counter>,
+    pub mailbox_rejections: Family<ActorLabel, Counter>,
+    pub spool_bytes: Gauge,
+    pub spool_records: Gauge,
+    pub spool_oldest_age: Gauge<f64, AtomicU64>,
+    pub spool_dropped: Counter,
+    pub spool_fsync_seconds_max: Gauge<f64, AtomicU64>,
+    pub spool_corrupt_cut: Counter,
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("genesys_bridge");
+        let metrics = Self {
+            frames_received: Family::default(),
+            frames_malformed: Counter::default(),
+            events_appended: Counter::default(),
+            events_produced: Counter::default(),
+            events_failed: Family::default(),
+            dead_letters: Family::default(),
+            duplicates_suppressed: Counter::default(),
+            delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            reconnects: Family::default(),
+            rollovers: Family::default(),
+            gaps: Counter::default(),
+            gap_seconds: Counter::default(),
+            heartbeat_age: Family::default(),
+            channel_age: Family::default(),
+            token_seconds_to_expiry: Gauge::default(),
+            token_refreshes: Family::default(),
+            rest_errors: Family::default(),
+            topics_rejected: Gauge::default(),
+            topics_subscribed: Gauge::default(),
+            actor_restarts: Family::default(),
+            mailbox_rejections: Family::default(),
+            spool_bytes: Gauge::default(),
+            spool_records: Gauge::default(),
+            spool_oldest_age: Gauge::default(),
+            spool_dropped: Counter::default(),
+            spool_fsync_seconds_max: Gauge::default(),
+            spool_corrupt_cut: Counter::default(),
+            in_flight: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "frames_received",
+            "WebSocket frames received, by kind",
+            metrics.frames_received.clone(),
+        );
+        registry.register(
+            "frames_malformed",
+            "Frames that were not a valid notification envelope (sent to the dead-letter destination)",
+            metrics.frames_malformed.clone(),
+        );
+        registry.register(
+            "events_spooled",
+            "Events appended to the durable spool",
+            metrics.events_appended.clone(),
+        );
+        registry.register(
+            "events_produced",
+            "Records acknowledged by Kafka",
+            metrics.events_produced.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Kafka delivery failures, by reason (retried or dead-lettered)",
+            metrics.events_failed.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records sent to the dead-letter destination, by reason",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "duplicates_suppressed",
+            "Events seen on two overlapping sockets and delivered once",
+            metrics.duplicates_suppressed.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from receiving a frame to Kafka's acknowledgement",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.delivery_latency.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Socket reconnects, by reason",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "rollovers",
+            "Make-before-break channel rollovers, by trigger",
+            metrics.rollovers.clone(),
+        );
+        registry.register(
+            "gaps",
+            "Periods where a shard had no live socket",
+            metrics.gaps.clone(),
+        );
+        registry.register_with_unit(
+            "gap_duration",
+            "Total duration of gaps",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.gap_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "heartbeat_age",
+            "Time since the last frame (heartbeat, pong or event) per shard",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.heartbeat_age.clone(),
+        );
+        registry.register_with_unit(
+            "channel_age",
+            "Age of the channel each shard streams from",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.channel_age.clone(),
+        );
+        registry.register_with_unit(
+            "token_expiry",
+            "Time until the current access token expires",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.token_seconds_to_expiry.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "Access token requests, by outcome",
+            metrics.token_refreshes.clone(),
+        );
+        registry.register(
+            "rest_errors",
+            "Failed Genesys REST calls, by class",
+            metrics.rest_errors.clone(),
+        );
+        registry.register(
+            "topics_rejected",
+            "Topics Genesys refused to subscribe (see /status for reasons)",
+            metrics.topics_rejected.clone(),
+        );
+        registry.register(
+            "topics_subscribed",
+            "Topics subscribed over all shards",
+            metrics.topics_subscribed.clone(),
+        );
+        registry.register(
+            "actor_restarts",
+            "Actor restarts by the supervisor, by actor",
+            metrics.actor_restarts.clone(),
+        );
+        registry.register(
+            "mailbox_rejections",
+            "Messages refused by a full mailbox, by receiving actor",
+            metrics.mailbox_rejections.clone(),
+        );
+        registry.register_with_unit(
+            "spool",
+            "Bytes in the spool on disk",
+            prometheus_client::registry::Unit::Bytes,
+            metrics.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_records",
+            "Records in the spool not yet acknowledged by Kafka",
+            metrics.spool_records.clone(),
+        );
+        registry.register_with_unit(
+            "spool_oldest_unacked_age",
+            "Age of the oldest record not yet acknowledged by Kafka",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.spool_oldest_age.clone(),
+        );
+        registry.register(
+            "spool_dropped",
+            "Records dropped because the spool was full (drop-newest policy)",
+            metrics.spool_dropped.clone(),
+        );
+        registry.register_with_unit(
+            "spool_fsync_max",
+            "Longest spool fsync",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.spool_fsync_seconds_max.clone(),
+        );
+        registry.register(
+            "spool_corrupt_cut",
+            "Corrupt or torn spool records cut off at start-up",
+            metrics.spool_corrupt_cut.clone(),
+        );
+        registry.register(
+            "kafka_in_flight",
+            "Records handed to the Kafka client and not yet acknowledged",
+            metrics.in_flight.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn reason(reason: &str) -> ReasonLabel {
+        ReasonLabel {
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn actor(actor: &str) -> ActorLabel {
+        ActorLabel {
+            actor: actor.to_string(),
+        }
+    }
+
+    pub fn shard(shard: u32) -> ShardLabel {
+        ShardLabel {
+            shard: shard.to_string(),
+        }
+    }
+
+    pub fn kind(kind: &str) -> KindLabel {
+        KindLabel {
+            kind: kind.to_string(),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

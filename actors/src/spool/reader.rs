@@ -1,0 +1,263 @@
+//! The read path: locate a segment under the lock, `pread` and decode outside it.
+
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use super::error::SpoolError;
+use super::record::{decode_frame, FrameError, SpoolEntry};
+use super::state::{ReadCursor, SegmentView};
+use super::Shared;
+
+/// Smallest read; one `pread` usually covers a whole batch of small frames.
+const MIN_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest read unless a single frame is bigger.
+const MAX_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Whether a read moves the producer's cursor (the stats peek must not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    Remember,
+    Leave,
+}
+
+/// Why a segment could not be read past some frame.
+struct Unreadable {
+    offset: u64,
+    seq: u64,
+    reason: String,
+}
+
+/// How reading one segment view ended.
+enum ViewEnd {
+    /// The batch is full; the cursor points at the next frame.
+    BatchFull(ReadCursor),
+    /// Every frame of the view was consumed.
+    Exhausted(ReadCursor),
+    Corrupt(Unreadable),
+}
+
+impl Shared {
+    pub(crate) fn read_batch(
+        &self,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+        cursor: Cursor,
+    ) -> Result<Vec<SpoolEntry>, SpoolError> {
+        let mut batch = Batch {
+            entries: Vec::new(),
+            payload_bytes: 0,
+            max_records,
+            max_bytes,
+        };
+        if max_records == 0 {
+            return Ok(batch.entries);
+        }
+        let chunk_bytes = max_bytes
+            .saturating_add(MIN_CHUNK_BYTES)
+            .clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
+        let mut wanted = from_seq;
+        let mut last_position = None;
+        loop {
+            let Some(view) = self.lock_state().view_for(wanted) else {
+                break;
+            };
+            wanted = wanted.max(view.first_seq);
+            match read_view(&view, wanted, chunk_bytes, &mut batch)? {
+                ViewEnd::BatchFull(position) => {
+                    last_position = Some(position);
+                    break;
+                }
+                ViewEnd::Exhausted(position) => {
+                    wanted = position.seq;
+                    last_position = Some(position);
+                }
+                ViewEnd::Corrupt(unreadable) => {
+                    self.cut_unreadable(&view, &unreadable)?;
+                    // `view_for` now skips the cut seqs.
+                    wanted = unreadable.seq;
+                    last_position = None;
+                }
+            }
+        }
+        if cursor == Cursor::Remember {
+            if let Some(position) = last_position {
+                self.lock_state().read_cursor = Some(position);
+            }
+        }
+        Ok(batch.entries)
+    }
+
+    /// Cuts a segment at a frame that failed to decode, the way recovery would: truncate the
+    /// file, count and log the lost records, and ack their seqs so the watermark can pass.
+    fn cut_unreadable(
+        &self,
+        view: &SegmentView,
+        unreadable: &Unreadable,
+    ) -> Result<(), SpoolError> {
+        let lost_seqs = {
+            let mut state = self.lock_state();
+            let still_there = state
+                .segments
+                .get(&view.first_seq)
+                .is_some_and(|segment| unreadable.seq < segment.next_seq);
+            if !still_there {
+                return Ok(()); // deleted meanwhile, or another reader cut it already
+            }
+            if state.active_first_seq() == Some(view.first_seq) {
+                // New appends must not follow the damage in the same file.
+                state.rotate(&self.config.dir)?;
+            }
+            let Some(segment) = state.segments.get_mut(&view.first_seq) else {
+                return Ok(());
+            };
+            let lost_seqs = unreadable.seq..segment.next_seq;
+            let bytes_cut = segment.len - unreadable.offset;
+            segment.len = unreadable.offset;
+            segment.next_seq = unreadable.seq;
+            segment.index.truncate_from(unreadable.seq);
+            if let Err(error) = segment.file.set_len(unreadable.offset) {
+                // The in-memory cut stands; recovery will find the same damage and cut it.
+                tracing::warn!(file = %view.path.display(), %error, "could not truncate corrupt spool segment");
+            }
+            let records_lost = lost_seqs.end - lost_seqs.start;
+            tracing::warn!(
+                file = %view.path.display(),
+                offset = unreadable.offset,
+                bytes_cut,
+                records_lost,
+                first_lost_seq = unreadable.seq,
+                reason = %unreadable.reason,
+                "spool segment corrupt while reading; cut it and continue with the next segment"
+            );
+            state.bytes_on_disk -= bytes_cut;
+            state.corrupt_cut_total += records_lost;
+            state.read_cursor = None;
+            lost_seqs
+        };
+        if !lost_seqs.is_empty() {
+            self.lock_acks()
+                .ack_range(lost_seqs.start, lost_seqs.end - 1);
+        }
+        Ok(())
+    }
+}
+
+struct Batch {
+    entries: Vec<SpoolEntry>,
+    payload_bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Batch {
+    /// Whether a record with this payload still fits (the first always does).
+    fn fits(&self, payload_len: usize) -> bool {
+        self.entries.is_empty()
+            || (self.entries.len() < self.max_records
+                && self.payload_bytes + payload_len <= self.max_bytes)
+    }
+
+    fn push(&mut self, entry: SpoolEntry) {
+        self.payload_bytes += entry.record.payload.len();
+        self.entries.push(entry);
+    }
+
+    fn is_full(&self) -> bool {
+        self.entries.len() >= self.max_records
+    }
+}
+
+/// Reads the frames of `view` from its start, adding those at or after `wanted` to `batch`.
+fn read_view(
+    view: &SegmentView,
+    wanted: u64,
+    chunk_bytes: usize,
+    batch: &mut Batch,
+) -> Result<ViewEnd, SpoolError> {
+    let mut offset = view.start_offset;
+    let mut seq = view.start_seq;
+    let mut chunk = Bytes::new();
+    let mut chunk_start = offset;
+    while offset < view.end_offset {
+        let position = ReadCursor {
+            seq,
+            segment_first_seq: view.first_seq,
+            offset,
+        };
+        let rest = chunk.slice((offset - chunk_start) as usize..);
+        let frame = match decode_frame(&rest) {
+            Ok(frame) => frame,
+            Err(FrameError::Truncated { needed }) => {
+                let available = view.end_offset - offset;
+                if needed as u64 > available {
+                    return Ok(ViewEnd::Corrupt(Unreadable {
+                        offset,
+                        seq,
+                        reason: format!(
+                            "frame of {needed} bytes runs past the end of the segment's data"
+                        ),
+                    }));
+                }
+                let read_len = needed.max(chunk_bytes).min(available as usize);
+                chunk = read_chunk(view, offset, read_len)?;
+                chunk_start = offset;
+                continue;
+            }
+            Err(error) => {
+                return Ok(ViewEnd::Corrupt(Unreadable {
+                    offset,
+                    seq,
+                    reason: error.to_string(),
+                }))
+            }
+        };
+        if frame.seq != seq {
+            return Ok(ViewEnd::Corrupt(Unreadable {
+                offset,
+                seq,
+                reason: format!("frame has seq {}, expected {seq}", frame.seq),
+            }));
+        }
+        let frame_bytes = frame.frame_len as u64;
+        if seq >= wanted {
+            if !batch.fits(frame.payload.len()) {
+                return Ok(ViewEnd::BatchFull(position));
+            }
+            batch.push(frame.into_entry(&rest));
+        }
+        offset += frame_bytes;
+        seq += 1;
+        if batch.is_full() {
+            return Ok(ViewEnd::BatchFull(ReadCursor {
+                seq,
+                segment_first_seq: view.first_seq,
+                offset,
+            }));
+        }
+    }
+    // Frames up to `end_offset` were all decoded, so their seqs ran up to `end_seq`.
+    debug_assert_eq!(seq, view.end_seq);
+    Ok(ViewEnd::Exhausted(ReadCursor {
+        seq,
+        segment_first_seq: view.first_seq,
+        offset,
+    }))
+}
+
+fn read_chunk(view: &SegmentView, offset: u64, len: usize) -> Result<Bytes, SpoolError> {
+    let mut buffer = vec![0; len];
+    view.file
+        .read_exact_at(&mut buffer, offset)
+        .map_err(|error| {
+            SpoolError::io(
+                format!(
+                    "reading {len} bytes at offset {offset} of {}",
+                    view.path.display()
+                ),
+                error,
+            )
+        })?;
+    Ok(Bytes::from(buffer))
+}

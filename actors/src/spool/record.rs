@@ -1,0 +1,358 @@
+//! One record on disk: a length-prefixed, CRC32-checksummed frame.
+//!
+//! Frame layout (format version 1, all integers little-endian):
+//!
+//! ```text
+//! offset size field
+//!      0    4 body_len        bytes after the CRC: 21 + payload length
+//!      4    4 crc32           over bytes [0, 4) and [8, 8 + body_len): length prefix + body
+//!      8    8 seq             u64, monotonic across segments and restarts
+//!     16    8 received_at_ms  i64, epoch milliseconds when the frame was read off the socket
+//!     24    4 shard           u32, the channel shard that received it
+//!     28    1 kind            u8: 0 = Event, 1 = Gap/Status, 2..=255 reserved
+//!     29    n payload         the raw frame bytes, exactly as received
+//! ```
+//!
+//! The CRC covers the length prefix too, so a flipped bit in the length is caught even when it
+//! still points at a plausible frame end.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// Bytes of a frame before the payload (length prefix, CRC, seq, time, shard, kind).
+pub const RECORD_HEADER_BYTES: usize = 29;
+
+/// The largest payload the spool accepts. It bounds what recovery will believe a length prefix
+/// to mean, and a Genesys notification frame is far below it.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+
+const LEN_PREFIX_BYTES: usize = 4;
+const CRC_END: usize = 8;
+/// Body bytes besides the payload: seq (8) + received_at_ms (8) + shard (4) + kind (1).
+const BODY_FIXED_BYTES: usize = RECORD_HEADER_BYTES - CRC_END;
+
+/// What a record is. Stored as one byte; unknown values survive a round trip as `Reserved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// A notification frame received from Genesys (byte 0).
+    Event,
+    /// A gap or status record written by the bridge itself, e.g. "frames dropped between t1 and
+    /// t2" (byte 1). Gap records may use the spool's reserved headroom when it is full.
+    Gap,
+    /// A kind this version does not know (bytes 2..=255), kept so newer writers do not break
+    /// older readers. Do not construct it with 0 or 1.
+    Reserved(u8),
+}
+
+impl RecordKind {
+    /// The byte stored on disk.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            RecordKind::Event => 0,
+            RecordKind::Gap => 1,
+            RecordKind::Reserved(byte) => byte,
+        }
+    }
+
+    /// The kind a stored byte means.
+    pub fn from_u8(byte: u8) -> Self {
+        match byte {
+            0 => RecordKind::Event,
+            1 => RecordKind::Gap,
+            other => RecordKind::Reserved(other),
+        }
+    }
+}
+
+/// A record as appended and as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Event, gap/status, or reserved.
+    pub kind: RecordKind,
+    /// The channel shard the frame arrived on.
+    pub shard: u32,
+    /// When the frame was read off the socket, epoch milliseconds.
+    pub received_at_ms: i64,
+    /// The raw frame bytes, never re-serialised.
+    pub payload: Bytes,
+}
+
+impl Record {
+    /// A Genesys frame as received.
+    pub fn event(shard: u32, received_at_ms: i64, payload: impl Into<Bytes>) -> Self {
+        Record {
+            kind: RecordKind::Event,
+            shard,
+            received_at_ms,
+            payload: payload.into(),
+        }
+    }
+
+    /// A gap or status record written by the bridge.
+    pub fn gap(shard: u32, received_at_ms: i64, payload: impl Into<Bytes>) -> Self {
+        Record {
+            kind: RecordKind::Gap,
+            shard,
+            received_at_ms,
+            payload: payload.into(),
+        }
+    }
+}
+
+/// A record read back from the spool with its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolEntry {
+    /// The sequence number the spool gave the record on append.
+    pub seq: u64,
+    /// The record itself.
+    pub record: Record,
+}
+
+/// The bytes a record occupies on disk.
+pub(crate) fn frame_len(payload_len: usize) -> usize {
+    RECORD_HEADER_BYTES + payload_len
+}
+
+/// A record encoded before its sequence number is known.
+///
+/// Encoding and checksumming the payload happen outside the writer lock; only [`seal`] (12
+/// bytes of CRC plus a combine) runs inside it, which keeps the appenders' critical section short.
+///
+/// [`seal`]: UnsealedRecord::seal
+pub(crate) struct UnsealedRecord {
+    frame: Vec<u8>,
+    /// CRC state over bytes [16, end): everything after the seq.
+    tail_crc: crc32fast::Hasher,
+}
+
+impl UnsealedRecord {
+    /// Encodes `record`. The caller has checked the payload against [`MAX_PAYLOAD_BYTES`].
+    pub(crate) fn new(record: &Record) -> Self {
+        debug_assert!(record.payload.len() <= MAX_PAYLOAD_BYTES);
+        let body_len = (BODY_FIXED_BYTES + record.payload.len()) as u32;
+        let mut frame = Vec::with_capacity(frame_len(record.payload.len()));
+        frame.extend_from_slice(&body_len.to_le_bytes());
+        frame.extend_from_slice(&[0; 4]); // crc, set by seal
+        frame.extend_from_slice(&[0; 8]); // seq, set by seal
+        frame.extend_from_slice(&record.received_at_ms.to_le_bytes());
+        frame.extend_from_slice(&record.shard.to_le_bytes());
+        frame.push(record.kind.as_u8());
+        frame.extend_from_slice(&record.payload);
+        let mut tail_crc = crc32fast::Hasher::new();
+        tail_crc.update(&frame[16..]);
+        UnsealedRecord { frame, tail_crc }
+    }
+
+    /// Bytes this record occupies on disk.
+    pub(crate) fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Writes `seq` and the checksum; returns the finished frame.
+    pub(crate) fn seal(&mut self, seq: u64) -> &[u8] {
+        self.frame[8..16].copy_from_slice(&seq.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.frame[0..LEN_PREFIX_BYTES]);
+        crc.update(&self.frame[8..16]);
+        crc.combine(&self.tail_crc);
+        self.frame[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        &self.frame
+    }
+}
+
+/// Why bytes could not be read as a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// The buffer ends before the frame does; `needed` is the frame's full length when known
+    /// (otherwise the length of the prefix).
+    Truncated { needed: usize },
+    /// The length prefix cannot be a frame (too small or above [`MAX_PAYLOAD_BYTES`]).
+    BadLength { body_len: u32 },
+    /// The stored CRC does not match the bytes.
+    BadChecksum { stored: u32, computed: u32 },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Truncated { needed } => {
+                write!(f, "frame truncated (needs {needed} bytes)")
+            }
+            FrameError::BadLength { body_len } => {
+                write!(f, "implausible length prefix {body_len}")
+            }
+            FrameError::BadChecksum { stored, computed } => {
+                write!(
+                    f,
+                    "CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
+            }
+        }
+    }
+}
+
+/// A frame that passed its checksum. Positions are relative to the decoded buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DecodedFrame {
+    pub(crate) seq: u64,
+    pub(crate) received_at_ms: i64,
+    pub(crate) shard: u32,
+    pub(crate) kind: RecordKind,
+    pub(crate) payload: Range<usize>,
+    /// Total bytes of the frame, length prefix included.
+    pub(crate) frame_len: usize,
+}
+
+impl DecodedFrame {
+    /// The record, with its payload sliced (not copied) out of `buf`, the buffer it was decoded
+    /// from.
+    pub(crate) fn into_entry(self, buf: &Bytes) -> SpoolEntry {
+        SpoolEntry {
+            seq: self.seq,
+            record: Record {
+                kind: self.kind,
+                shard: self.shard,
+                received_at_ms: self.received_at_ms,
+                payload: buf.slice(self.payload),
+            },
+        }
+    }
+}
+
+/// The full frame length a length prefix announces, if it is plausible.
+pub(crate) fn frame_len_from_prefix(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let body_len = u32::from_le_bytes(prefix);
+    let body = body_len as usize;
+    if !(BODY_FIXED_BYTES..=BODY_FIXED_BYTES + MAX_PAYLOAD_BYTES).contains(&body) {
+        return Err(FrameError::BadLength { body_len });
+    }
+    Ok(CRC_END + body)
+}
+
+/// Decodes and verifies the frame at the start of `buf`.
+pub(crate) fn decode_frame(buf: &[u8]) -> Result<DecodedFrame, FrameError> {
+    let Some(prefix) = buf.get(0..LEN_PREFIX_BYTES) else {
+        return Err(FrameError::Truncated {
+            needed: LEN_PREFIX_BYTES,
+        });
+    };
+    let frame_len = frame_len_from_prefix(le_array(prefix))?;
+    let Some(frame) = buf.get(0..frame_len) else {
+        return Err(FrameError::Truncated { needed: frame_len });
+    };
+    let stored = u32::from_le_bytes(le_array(&frame[4..8]));
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame[0..LEN_PREFIX_BYTES]);
+    crc.update(&frame[CRC_END..]);
+    let computed = crc.finalize();
+    if stored != computed {
+        return Err(FrameError::BadChecksum { stored, computed });
+    }
+    Ok(DecodedFrame {
+        seq: u64::from_le_bytes(le_array(&frame[8..16])),
+        received_at_ms: i64::from_le_bytes(le_array(&frame[16..24])),
+        shard: u32::from_le_bytes(le_array(&frame[24..28])),
+        kind: RecordKind::from_u8(frame[28]),
+        payload: RECORD_HEADER_BYTES..frame_len,
+        frame_len,
+    })
+}
+
+/// Copies a slice of known length into an array (the callers slice exact ranges).
+fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut array = [0; N];
+    array.copy_from_slice(bytes);
+    array
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(record: &Record, seq: u64) -> Vec<u8> {
+        UnsealedRecord::new(record).seal(seq).to_vec()
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let record = Record {
+            kind: RecordKind::Reserved(7),
+            shard: 3,
+            received_at_ms: -5,
+            payload: Bytes::from_static(b"{\"topicName\":\"x\"}"),
+        };
+        let bytes = sealed(&record, 42);
+        assert_eq!(bytes.len(), frame_len(record.payload.len()));
+        let decoded = decode_frame(&bytes).expect("valid frame");
+        assert_eq!(decoded.frame_len, bytes.len());
+        let entry = decoded.into_entry(&Bytes::from(bytes));
+        assert_eq!(entry.seq, 42);
+        assert_eq!(entry.record, record);
+    }
+
+    #[test]
+    fn combined_crc_equals_plain_crc_over_the_same_bytes() {
+        let bytes = sealed(&Record::event(1, 2, vec![9u8; 1000]), 7);
+        let mut covered = bytes[0..4].to_vec();
+        covered.extend_from_slice(&bytes[8..]);
+        let stored = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        assert_eq!(stored, crc32fast::hash(&covered));
+    }
+
+    #[test]
+    fn empty_payload_is_a_valid_frame() {
+        let bytes = sealed(&Record::gap(0, 0, Bytes::new()), 1);
+        assert_eq!(bytes.len(), RECORD_HEADER_BYTES);
+        assert!(decode_frame(&bytes).is_ok());
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let bytes = sealed(&Record::event(1, 1_700_000_000_000, &b"abc"[..]), 9);
+        for index in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[index] ^= 1 << bit;
+                assert!(
+                    decode_frame(&damaged).is_err(),
+                    "flip of bit {bit} in byte {index} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn short_buffers_are_truncated_not_errors_of_content() {
+        let bytes = sealed(&Record::event(1, 1, &b"hello"[..]), 1);
+        assert_eq!(
+            decode_frame(&bytes[..2]),
+            Err(FrameError::Truncated { needed: 4 })
+        );
+        assert_eq!(
+            decode_frame(&bytes[..bytes.len() - 1]),
+            Err(FrameError::Truncated {
+                needed: bytes.len()
+            })
+        );
+    }
+
+    #[test]
+    fn implausible_lengths_are_rejected_before_reading() {
+        assert!(matches!(
+            frame_len_from_prefix(u32::MAX.to_le_bytes()),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            frame_len_from_prefix(3u32.to_le_bytes()),
+            Err(FrameError::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn kind_bytes_round_trip() {
+        for byte in 0..=u8::MAX {
+            assert_eq!(RecordKind::from_u8(byte).as_u8(), byte);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The state behind the writer lock: the segments, the next seq, the byte count, drop tracking.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::SpoolError;
+use super::segment::Segment;
+
+/// Receive times of event appends discarded by the `drop-newest` policy, for one gap record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DroppedSpan {
+    /// Events dropped in this span.
+    pub records: u64,
+    /// Earliest receive time among them, epoch ms.
+    pub earliest_received_at_ms: i64,
+    /// Latest receive time among them, epoch ms.
+    pub latest_received_at_ms: i64,
+}
+
+impl DroppedSpan {
+    fn widen(span: Option<DroppedSpan>, received_at_ms: i64) -> DroppedSpan {
+        match span {
+            None => DroppedSpan {
+                records: 1,
+                earliest_received_at_ms: received_at_ms,
+                latest_received_at_ms: received_at_ms,
+            },
+            Some(span) => DroppedSpan {
+                records: span.records + 1,
+                earliest_received_at_ms: span.earliest_received_at_ms.min(received_at_ms),
+                latest_received_at_ms: span.latest_received_at_ms.max(received_at_ms),
+            },
+        }
+    }
+}
+
+/// Where the frame of `seq` starts, remembered after a read so that the producer's next
+/// `read_batch(seq, ..)` starts there without a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadCursor {
+    pub(crate) seq: u64,
+    pub(crate) segment_first_seq: u64,
+    pub(crate) offset: u64,
+}
+
+/// What a reader needs to read one segment without the lock.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentView {
+    pub(crate) first_seq: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<File>,
+    /// A frame boundary at or before the wanted seq, and its seq.
+    pub(crate) start_seq: u64,
+    pub(crate) start_offset: u64,
+    /// End of the complete frames when the view was taken, and the seq that follows them.
+    pub(crate) end_offset: u64,
+    pub(crate) end_seq: u64,
+}
+
+/// Everything the writer lock protects.
+///
+/// Invariants: `segments` is never empty after open; its last entry is the active segment,
+/// the only one appended to, and `active.next_seq == next_seq`.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    pub(crate) segments: BTreeMap<u64, Segment>,
+    pub(crate) next_seq: u64,
+    /// Sum of `len` over `segments`.
+    pub(crate) bytes_on_disk: u64,
+    /// Appends to the active segment since its last fsync.
+    pub(crate) unsynced_records: u64,
+    /// Closed segments not fsynced since their last append.
+    pub(crate) files_to_sync: Vec<(PathBuf, Arc<File>)>,
+    /// A segment was created or deleted since the directory was last fsynced.
+    pub(crate) dir_dirty: bool,
+    /// Drops since the last successful event append.
+    pub(crate) drop_span: Option<DroppedSpan>,
+    pub(crate) dropped_total: u64,
+    pub(crate) full_refusals: u64,
+    pub(crate) corrupt_cut_total: u64,
+    pub(crate) read_cursor: Option<ReadCursor>,
+    /// `(committed, receive time of the first record after it)`, so `stats()` reads the disk
+    /// only when the watermark moved.
+    pub(crate) oldest_unacked_cache: Option<(u64, Option<i64>)>,
+}
+
+impl WriterState {
+    pub(crate) fn new(segments: BTreeMap<u64, Segment>, next_seq: u64, corrupt_cut: u64) -> Self {
+        let bytes_on_disk = segments.values().map(|segment| segment.len).sum();
+        WriterState {
+            segments,
+            next_seq,
+            bytes_on_disk,
+            unsynced_records: 0,
+            files_to_sync: Vec::new(),
+            dir_dirty: false,
+            drop_span: None,
+            dropped_total: 0,
+            full_refusals: 0,
+            corrupt_cut_total: corrupt_cut,
+            read_cursor: None,
+            oldest_unacked_cache: None,
+        }
+    }
+
+    pub(crate) fn active(&self) -> Option<&Segment> {
+        self.segments.values().next_back()
+    }
+
+    fn active_mut(&mut self) -> Option<&mut Segment> {
+        self.segments.values_mut().next_back()
+    }
+
+    pub(crate) fn active_first_seq(&self) -> Option<u64> {
+        self.segments.keys().next_back().copied()
+    }
+
+    pub(crate) fn note_drop(&mut self, received_at_ms: i64) {
+        self.dropped_total += 1;
+        self.drop_span = Some(DroppedSpan::widen(self.drop_span, received_at_ms));
+    }
+
+    /// Closes the active segment and starts a new one at `next_seq`. The caller makes sure the
+    /// active segment holds at least one record (else the new file's name would be taken).
+    pub(crate) fn rotate(&mut self, dir: &Path) -> Result<(), SpoolError> {
+        debug_assert!(self.active().is_none_or(|active| active.record_count() > 0));
+        let segment = Segment::create(dir, self.next_seq).map_err(|error| {
+            SpoolError::io(
+                format!("creating segment {} in {}", self.next_seq, dir.display()),
+                error,
+            )
+        })?;
+        if let Some(previous) = self.active() {
+            let pending = (previous.path.clone(), Arc::clone(&previous.file));
+            self.files_to_sync.push(pending);
+        }
+        self.bytes_on_disk += segment.len;
+        self.dir_dirty = true;
+        self.segments.insert(segment.first_seq, segment);
+        Ok(())
+    }
+
+    /// Writes a sealed frame for `seq` at the end of the active segment.
+    ///
+    /// On failure the partial write is truncated away; if that fails too, the segment is marked
+    /// so the truncation is retried before the next write, and the bytes after `len` are never
+    /// read (recovery would cut them).
+    pub(crate) fn write_frame(&mut self, seq: u64, frame: &[u8]) -> Result<(), SpoolError> {
+        debug_assert_eq!(seq, self.next_seq);
+        let Some(active) = self.active_mut() else {
+            return Err(SpoolError::Config("spool has no active segment".into()));
+        };
+        if active.tail_dirty {
+            active.file.set_len(active.len).map_err(|error| {
+                SpoolError::io(
+                    format!(
+                        "truncating {} back to {} after a failed append",
+                        active.path.display(),
+                        active.len
+                    ),
+                    error,
+                )
+            })?;
+            active.tail_dirty = false;
+        }
+        let offset = active.len;
+        if let Err(error) = active.file.write_all_at(frame, offset) {
+            if let Err(truncate_error) = active.file.set_len(offset) {
+                active.tail_dirty = true;
+                tracing::warn!(
+                    file = %active.path.display(),
+                    offset,
+                    error = %truncate_error,
+                    "could not truncate a failed spool append; retrying before the next write"
+                );
+            }
+            return Err(SpoolError::io(
+                format!(
+                    "appending seq {seq} ({} bytes) at offset {offset} of {}",
+                    frame.len(),
+                    active.path.display()
+                ),
+                error,
+            ));
+        }
+        let frame_bytes = frame.len() as u64;
+        active.index.note(seq, offset);
+        active.len += frame_bytes;
+        active.next_seq = seq + 1;
+        self.next_seq = seq + 1;
+        self.bytes_on_disk += frame_bytes;
+        self.unsynced_records += 1;
+        Ok(())
+    }
+
+    /// The segment to read for `seq`: the one holding it, or, when `seq` was deleted or cut,
+    /// the first later one holding records. `None` when nothing at or after `seq` exists yet.
+    pub(crate) fn view_for(&self, seq: u64) -> Option<SegmentView> {
+        if seq >= self.next_seq {
+            return None;
+        }
+        let holding = self
+            .segments
+            .range(..=seq)
+            .next_back()
+            .map(|(_, segment)| segment)
+            .filter(|segment| seq < segment.next_seq);
+        let segment = match holding {
+            Some(segment) => segment,
+            None => self
+                .segments
+                .range(seq.saturating_add(1)..)
+                .map(|(_, segment)| segment)
+                .find(|segment| segment.record_count() > 0)?,
+        };
+        let wanted = seq.max(segment.first_seq);
+        let (mut start_seq, mut start_offset) = segment.index.floor(wanted)?;
+        if let Some(cursor) = self.read_cursor {
+            let usable = cursor.segment_first_seq == segment.first_seq
+                && cursor.seq <= wanted
+                && cursor.seq >= start_seq
+                && cursor.seq < segment.next_seq;
+            if usable {
+                start_seq = cursor.seq;
+                start_offset = cursor.offset;
+            }
+        }
+        Some(SegmentView {
+            first_seq: segment.first_seq,
+            path: segment.path.clone(),
+            file: Arc::clone(&segment.file),
+            start_seq,
+            start_offset,
+            end_offset: segment.len,
+            end_seq: segment.next_seq,
+        })
+    }
+}

@@ -1,0 +1,600 @@
+//! Supervisor: starts the actors sink first, each on its own Arbiter, restarts any that stops
+//! or panics, and owns the topic set and the shutdown order.
+//!
+//! actix's own `Supervisor` restarts only an actor that *stopped*; a panic in a handler closes
+//! the mailbox and nothing restarts it. So this supervisor watches every child's `Addr` and
+//! rebuilds a dead child from its factory on a fresh Arbiter. Peers reach children through
+//! [`Slot`](crate::slot::Slot)s, which the supervisor points at the new `Addr`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use crate::backoff::ExponentialBackoff;
+use crate::genesys::rest::GenesysClient;
+use crate::health::Health;
+use crate::heartbeat::HeartbeatActor;
+use crate::messages::{AreYouAlive, Flush, InjectPanic, StopReading, UpdateTopics};
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::producer::{KafkaProducerActor, KafkaSettings};
+use crate::socket::{SocketActor, SocketSettings};
+use crate::spool::Spool;
+use crate::token::{TokenCell, TokenRefreshActor, TokenSettings};
+use crate::topics::{assign_shards, expand, TopicTemplate};
+
+/// Restart policy and shutdown budget.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// Delay before restarting a child, growing with its recent restarts.
+    pub restart_backoff: ExponentialBackoff,
+    /// This many restarts of one child within `crash_window` is a crash loop: exit non-zero.
+    pub crash_threshold: usize,
+    pub crash_window: Duration,
+    /// How often children are checked.
+    pub watch_interval: Duration,
+}
+
+/// The topic set to stream.
+#[derive(Debug, Clone)]
+pub struct TopicSettings {
+    pub explicit: Vec<String>,
+    pub templates: Vec<TopicTemplate>,
+    pub per_channel: usize,
+    pub channel_budget: usize,
+    pub refresh_interval: Duration,
+}
+
+/// Everything the runtime needs.
+#[derive(Clone)]
+pub struct BridgeSettings {
+    pub token: TokenSettings,
+    pub socket: Arc<SocketSettings>,
+    pub kafka: Arc<KafkaSettings>,
+    pub topics: TopicSettings,
+    pub supervisor: SupervisorSettings,
+    pub allow_fault_injection: bool,
+}
+
+/// Process exit code for a crash-looping actor (EX_SOFTWARE).
+pub const EXIT_CRASH_LOOP: i32 = 70;
+/// Process exit code for a topic set that cannot be streamed (EX_CONFIG).
+pub const EXIT_TOPICS: i32 = 78;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ChildId {
+    Producer,
+    Token,
+    Heartbeat,
+    Socket(u32),
+}
+
+impl ChildId {
+    fn label(self) -> &'static str {
+        match self {
+            ChildId::Producer => "producer",
+            ChildId::Token => "token",
+            ChildId::Heartbeat => "heartbeat",
+            ChildId::Socket(_) => "socket",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "producer" => Some(ChildId::Producer),
+            "token" => Some(ChildId::Token),
+            "heartbeat" => Some(ChildId::Heartbeat),
+            other => other
+                .strip_prefix("socket")
+                .map(|n| n.trim_start_matches('-').parse().unwrap_or(0))
+                .map(ChildId::Socket),
+        }
+    }
+}
+
+struct Child {
+    arbiter: Arbiter,
+    /// Recent restart times, for the crash-loop rule and the backoff.
+    restarts: VecDeque<Instant>,
+    restart_due: Option<Instant>,
+}
+
+pub struct Supervisor {
+    settings: BridgeSettings,
+    spool: Spool,
+    token: TokenCell,
+    peers: Peers,
+    health: Health,
+    metrics: Arc<Metrics>,
+    children: BTreeMap<ChildId, Child>,
+    shards: Vec<Vec<String>>,
+    client: Option<GenesysClient>,
+    shutting_down: bool,
+    expanding: bool,
+}
+
+impl Supervisor {
+    pub fn new(
+        settings: BridgeSettings,
+        spool: Spool,
+        health: Health,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            spool,
+            token: TokenCell::default(),
+            peers: Peers::new(),
+            health,
+            metrics,
+            children: BTreeMap::new(),
+            shards: Vec::new(),
+            client: None,
+            shutting_down: false,
+            expanding: false,
+        }
+    }
+
+    fn start_child(&mut self, id: ChildId) {
+        let arbiter = Arbiter::new();
+        let handle = arbiter.handle();
+        let settings = self.settings.clone();
+        let (peers, health, metrics, spool, token) = (
+            self.peers.clone(),
+            self.health.clone(),
+            self.metrics.clone(),
+            self.spool.clone(),
+            self.token.clone(),
+        );
+        let fault_injection = settings.allow_fault_injection;
+        match id {
+            ChildId::Producer => {
+                let addr = KafkaProducerActor::start_in_arbiter(&handle, move |_| {
+                    KafkaProducerActor::new(settings.kafka.clone(), spool, health, metrics)
+                });
+                self.peers.producer.set(Some(addr));
+            }
+            ChildId::Token => {
+                let addr = TokenRefreshActor::start_in_arbiter(&handle, move |_| {
+                    TokenRefreshActor::new(
+                        settings.token.clone(),
+                        token,
+                        peers,
+                        health,
+                        metrics,
+                        fault_injection,
+                    )
+                });
+                self.peers.token.set(Some(addr));
+            }
+            ChildId::Heartbeat => {
+                let addr = HeartbeatActor::start_in_arbiter(&handle, move |_| {
+                    HeartbeatActor::new(
+                        settings.socket.ping_interval,
+                        settings.socket.dead_after,
+                        peers,
+                        metrics,
+                        fault_injection,
+                    )
+                });
+                self.peers.heartbeat.set(Some(addr));
+            }
+            ChildId::Socket(shard) => {
+                let topics = self.shards.get(shard as usize).cloned().unwrap_or_default();
+                let slot = self.peers.socket_slot(shard);
+                let addr = SocketActor::start_in_arbiter(&handle, move |_| {
+                    SocketActor::new(
+                        shard,
+                        topics,
+                        settings.socket.clone(),
+                        token,
+                        spool,
+                        peers,
+                        health,
+                        metrics,
+                    )
+                });
+                slot.set(Some(addr));
+            }
+        }
+        let previous = self.children.insert(
+            id,
+            Child {
+                arbiter,
+                restarts: VecDeque::new(),
+                restart_due: None,
+            },
+        );
+        if let Some(previous) = previous {
+            // Keep the restart history; the old thread is told to stop (a hung one never will,
+            // and is abandoned).
+            previous.arbiter.stop();
+            if let Some(child) = self.children.get_mut(&id) {
+                child.restarts = previous.restarts;
+            }
+        }
+    }
+
+    fn is_connected(&self, id: ChildId) -> bool {
+        match id {
+            ChildId::Producer => self.peers.producer.get().is_some(),
+            ChildId::Token => self.peers.token.get().is_some(),
+            ChildId::Heartbeat => self.peers.heartbeat.get().is_some(),
+            ChildId::Socket(shard) => self
+                .peers
+                .socket(shard)
+                .is_some_and(|slot| slot.get().is_some()),
+        }
+    }
+
+    /// Finds dead children and restarts them after their backoff.
+    fn watch(&mut self, _ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let now = Instant::now();
+        let ids: Vec<ChildId> = self.children.keys().copied().collect();
+        for id in ids {
+            if self.is_connected(id) {
+                continue;
+            }
+            let window = self.settings.supervisor.crash_window;
+            let threshold = self.settings.supervisor.crash_threshold;
+            let backoff = self.settings.supervisor.restart_backoff;
+            let Some(child) = self.children.get_mut(&id) else {
+                continue;
+            };
+            while child
+                .restarts
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > window)
+            {
+                child.restarts.pop_front();
+            }
+            let due = match child.restart_due {
+                Some(due) => due,
+                None => {
+                    if child.restarts.len() >= threshold {
+                        tracing::error!(
+                            actor = id.label(),
+                            restarts = child.restarts.len(),
+                            window_s = window.as_secs(),
+                            "actor is crash-looping; exiting so that the orchestrator restarts the process"
+                        );
+                        System::current().stop_with_code(EXIT_CRASH_LOOP);
+                        return;
+                    }
+                    let delay = backoff.delay(child.restarts.len() as u32);
+                    tracing::warn!(
+                        actor = id.label(),
+                        restart_in_ms = delay.as_millis() as u64,
+                        "actor stopped or panicked; restarting"
+                    );
+                    child.restart_due = Some(now + delay);
+                    now + delay
+                }
+            };
+            if now < due {
+                continue;
+            }
+            child.restarts.push_back(now);
+            child.restart_due = None;
+            self.metrics
+                .actor_restarts
+                .get_or_create(&Metrics::actor(id.label()))
+                .inc();
+            *self
+                .health
+                .lock()
+                .restarts
+                .entry(id.label().to_string())
+                .or_default() += 1;
+            self.start_child(id);
+        }
+    }
+
+    fn expand_topics(&mut self, ctx: &mut Context<Self>) {
+        if self.expanding || self.shutting_down {
+            return;
+        }
+        let Some(token) = self.token.valid() else {
+            ctx.run_later(Duration::from_millis(200), |actor, ctx| {
+                actor.expand_topics(ctx)
+            });
+            return;
+        };
+        self.expanding = true;
+        let client = self
+            .client
+            .get_or_insert_with(|| {
+                GenesysClient::new(
+                    self.settings.token.endpoints.clone(),
+                    self.settings.token.request_timeout,
+                )
+            })
+            .clone();
+        let explicit = self.settings.topics.explicit.clone();
+        let templates = self.settings.topics.templates.clone();
+        async move { expand(&client, &token.token, &explicit, &templates).await }
+            .into_actor(self)
+            .map(|result, actor, ctx| {
+                actor.expanding = false;
+                match result {
+                    Ok(topics) => actor.apply_topics(topics, ctx),
+                    Err(error) => {
+                        let delay = Duration::from_secs(5);
+                        tracing::error!(error = %error, "could not expand topic templates; retrying");
+                        actor
+                            .metrics
+                            .rest_errors
+                            .get_or_create(&Metrics::reason(error.label()))
+                            .inc();
+                        if actor.shards.is_empty() {
+                            ctx.run_later(delay, |actor, ctx| actor.expand_topics(ctx));
+                        }
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn apply_topics(
+        &mut self,
+        topics: std::collections::BTreeSet<String>,
+        _ctx: &mut Context<Self>,
+    ) {
+        let limits = &self.settings.topics;
+        let shards = match assign_shards(
+            &self.shards,
+            &topics,
+            limits.per_channel,
+            limits.channel_budget,
+        ) {
+            Ok(shards) => shards,
+            Err(error) => {
+                tracing::error!(error = %error, "the topic set cannot be streamed");
+                if self.shards.is_empty() {
+                    System::current().stop_with_code(EXIT_TOPICS);
+                }
+                // Keep streaming the current set rather than evicting our own channels.
+                return;
+            }
+        };
+        self.metrics.topics_subscribed.set(topics.len() as i64);
+        self.health.lock().topics_expanded_at = Some(Utc::now());
+        let first_time = self.shards.is_empty();
+        if first_time {
+            tracing::info!(
+                topics = topics.len(),
+                shards = shards.len(),
+                "topics expanded"
+            );
+        }
+        let old = std::mem::replace(&mut self.shards, shards);
+        for (index, topics) in self.shards.clone().into_iter().enumerate() {
+            let shard = index as u32;
+            let id = ChildId::Socket(shard);
+            if !self.children.contains_key(&id) {
+                self.health.shard(shard, |s| s.topic_count = topics.len());
+                self.start_child(id);
+                continue;
+            }
+            if old.get(index) != Some(&topics) {
+                tracing::info!(shard, topics = topics.len(), "shard topics changed");
+                if let Some(slot) = self.peers.socket(shard) {
+                    let _ = slot.try_send(UpdateTopics { topics }, &self.metrics);
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        self.health.lock().started_at = Some(Utc::now());
+        // Sink first: the producer drains what an earlier run left in the spool at once.
+        self.start_child(ChildId::Producer);
+        self.start_child(ChildId::Token);
+        self.start_child(ChildId::Heartbeat);
+        self.expand_topics(ctx);
+        ctx.run_interval(self.settings.supervisor.watch_interval, |actor, ctx| {
+            actor.watch(ctx)
+        });
+        ctx.run_interval(self.settings.topics.refresh_interval, |actor, ctx| {
+            if !actor.shards.is_empty() {
+                actor.expand_topics(ctx);
+            }
+        });
+        let spool = self.spool.clone();
+        let metrics = self.metrics.clone();
+        let health = self.health.clone();
+        ctx.run_interval(Duration::from_secs(1), move |_, _| {
+            publish_spool_stats(&spool, &metrics, &health);
+        });
+    }
+}
+
+fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health) {
+    let stats = spool.stats();
+    let now_ms = Utc::now().timestamp_millis();
+    let oldest_age = stats
+        .oldest_unacked_received_at_ms
+        .map(|at| (now_ms - at).max(0) as f64 / 1000.0);
+    metrics.spool_bytes.set(stats.bytes_on_disk as i64);
+    metrics.spool_records.set(stats.records_unacked as i64);
+    metrics.spool_oldest_age.set(oldest_age.unwrap_or(0.0));
+    metrics
+        .spool_fsync_seconds_max
+        .set(stats.fsync_max_us as f64 / 1e6);
+    let mut state = health.lock();
+    state.spool.bytes = stats.bytes_on_disk;
+    state.spool.records = stats.records_unacked;
+    state.spool.oldest_unacked_age_seconds = oldest_age;
+    state.spool.dropped = stats.dropped_records;
+    state.spool.full =
+        stats.bytes_on_disk + crate::spool::GAP_HEADROOM_BYTES >= spool.config().max_bytes;
+}
+
+/// Asks every actor to answer within `deadline`; the names of those that did not.
+#[derive(Message)]
+#[rtype(result = "Result<(), Vec<String>>")]
+pub struct CheckLive {
+    pub deadline: Duration,
+}
+
+impl Handler<CheckLive> for Supervisor {
+    type Result = ResponseFuture<Result<(), Vec<String>>>;
+
+    fn handle(&mut self, msg: CheckLive, _: &mut Self::Context) -> Self::Result {
+        let mut probes: Vec<(String, futures_util::future::BoxFuture<'static, bool>)> = Vec::new();
+        let deadline = msg.deadline;
+        fn probe<A>(
+            addr: Option<Addr<A>>,
+            deadline: Duration,
+        ) -> futures_util::future::BoxFuture<'static, bool>
+        where
+            A: Actor + Handler<AreYouAlive>,
+            A::Context: actix::dev::ToEnvelope<A, AreYouAlive>,
+        {
+            Box::pin(async move {
+                match addr {
+                    Some(addr) => matches!(
+                        tokio::time::timeout(deadline, addr.send(AreYouAlive)).await,
+                        Ok(Ok(()))
+                    ),
+                    None => false,
+                }
+            })
+        }
+        // A child between a crash and its restart is not a liveness failure: the supervisor is
+        // handling it. A crash loop ends the process instead.
+        let restarting = |id: ChildId| {
+            self.children
+                .get(&id)
+                .is_some_and(|c| c.restart_due.is_some())
+        };
+        if !restarting(ChildId::Producer) {
+            probes.push((
+                "producer".into(),
+                probe(self.peers.producer.get(), deadline),
+            ));
+        }
+        if !restarting(ChildId::Token) {
+            probes.push(("token".into(), probe(self.peers.token.get(), deadline)));
+        }
+        if !restarting(ChildId::Heartbeat) {
+            probes.push((
+                "heartbeat".into(),
+                probe(self.peers.heartbeat.get(), deadline),
+            ));
+        }
+        for (index, slot) in self.peers.sockets().into_iter().enumerate() {
+            if !restarting(ChildId::Socket(index as u32)) {
+                probes.push((format!("socket-{index}"), probe(slot.get(), deadline)));
+            }
+        }
+        Box::pin(async move {
+            let names: Vec<String> = probes.iter().map(|(n, _)| n.clone()).collect();
+            let results = futures_util::future::join_all(probes.into_iter().map(|(_, p)| p)).await;
+            let dead: Vec<String> = names
+                .into_iter()
+                .zip(results)
+                .filter(|(_, ok)| !ok)
+                .map(|(name, _)| name)
+                .collect();
+            if dead.is_empty() {
+                Ok(())
+            } else {
+                Err(dead)
+            }
+        })
+    }
+}
+
+/// Graceful shutdown: stop reading, flush the spool to Kafka within the deadline.
+/// Answers whether everything received was acknowledged by Kafka.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Shutdown {
+    pub deadline: Instant,
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        self.health.lock().shutting_down = true;
+        let sockets: Vec<_> = self
+            .peers
+            .sockets()
+            .iter()
+            .filter_map(|s| s.get())
+            .collect();
+        let producer = self.peers.producer.get();
+        let spool = self.spool.clone();
+        Box::pin(async move {
+            for socket in sockets {
+                let left = msg.deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left, socket.send(StopReading)).await;
+            }
+            let flushed = match producer {
+                Some(producer) => {
+                    let left = msg.deadline.saturating_duration_since(Instant::now());
+                    matches!(
+                        tokio::time::timeout(
+                            left,
+                            producer.send(Flush {
+                                deadline: msg.deadline
+                            })
+                        )
+                        .await,
+                        Ok(Ok(true))
+                    )
+                }
+                None => false,
+            };
+            if let Err(error) = spool.sync() {
+                tracing::error!(error = %error, "spool sync at shutdown failed");
+            }
+            flushed
+        })
+    }
+}
+
+/// Test hook: make the named actor panic (only with fault injection enabled).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct PanicActor {
+    pub name: String,
+}
+
+impl Handler<PanicActor> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: PanicActor, _: &mut Self::Context) -> bool {
+        if !self.settings.allow_fault_injection {
+            return false;
+        }
+        let Some(id) = ChildId::parse(&msg.name) else {
+            return false;
+        };
+        let metrics = &self.metrics;
+        let sent = match id {
+            ChildId::Producer => self.peers.producer.try_send(InjectPanic, metrics),
+            ChildId::Token => self.peers.token.try_send(InjectPanic, metrics),
+            ChildId::Heartbeat => self.peers.heartbeat.try_send(InjectPanic, metrics),
+            ChildId::Socket(shard) => match self.peers.socket(shard) {
+                Some(slot) => slot.try_send(InjectPanic, metrics),
+                None => return false,
+            },
+        };
+        sent.is_ok()
+    }
+}

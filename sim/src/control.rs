@@ -1,0 +1,117 @@
+//! `/sim/*`: the simulator's own control surface (ledger, channels, rate, queues, info), used
+//! by tests and scripts driving the binary. Faults live in `faults.rs` (`POST /sim/faults`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use crate::errors::bad_request;
+use crate::ledger::{FrameKind, LedgerEntry};
+use crate::state::Sim;
+
+fn parse_kind(s: &str) -> Option<FrameKind> {
+    Some(match s {
+        "event" => FrameKind::Event,
+        "heartbeat" => FrameKind::Heartbeat,
+        "pong" => FrameKind::Pong,
+        "system" => FrameKind::System,
+        "malformed" => FrameKind::Malformed,
+        _ => return None,
+    })
+}
+
+/// `GET /sim/ledger?format=json|jsonl&since=<seq>&kind=<kind>&channel=<id>`.
+pub(crate) async fn ledger(
+    sim: web::Data<Sim>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let since = match q.get("since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return bad_request("since must be a sequence number"),
+    };
+    let kind = match q.get("kind") {
+        None => None,
+        Some(k) => match parse_kind(k) {
+            Some(kind) => Some(kind),
+            None => return bad_request(format!("unknown kind {k}")),
+        },
+    };
+    let channel = q.get("channel").cloned();
+    let entries: Vec<LedgerEntry> = sim.ledger.snapshot(since, |e| {
+        kind.is_none_or(|k| e.kind == k) && channel.as_ref().is_none_or(|c| *c == e.channel_id)
+    });
+    match q.get("format").map(String::as_str) {
+        None | Some("json") => HttpResponse::Ok().json(entries),
+        Some("jsonl") => {
+            let mut out = String::new();
+            for e in &entries {
+                let line = serde_json::to_string(e).expect("ledger entry serialises");
+                let _ = writeln!(out, "{line}");
+            }
+            HttpResponse::Ok()
+                .content_type("application/x-ndjson")
+                .body(out)
+        }
+        Some(other) => bad_request(format!("format must be json or jsonl, got {other}")),
+    }
+}
+
+/// `GET /sim/channels`: every channel, live and dead.
+pub(crate) async fn channels(sim: web::Data<Sim>) -> HttpResponse {
+    let infos = sim.channels.lock().expect("channels lock").infos();
+    HttpResponse::Ok().json(infos)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RateBody {
+    rate: f64,
+}
+
+/// `POST /sim/rate {"rate": 5.0}`: conversations per second (0 pauses arrivals).
+pub(crate) async fn set_rate(sim: web::Data<Sim>, body: web::Json<RateBody>) -> HttpResponse {
+    if !(body.rate.is_finite() && body.rate >= 0.0) {
+        return bad_request("rate must be a finite number >= 0");
+    }
+    let _ = sim
+        .engine_tx
+        .send(crate::engine::EngineCmd::SetRate(body.rate));
+    HttpResponse::Ok().json(serde_json::json!({ "rate": body.rate }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct QueueBody {
+    name: String,
+}
+
+/// `POST /sim/queues {"name": "..."}`: adds a queue at runtime, answers its id.
+pub(crate) async fn add_queue(sim: web::Data<Sim>, body: web::Json<QueueBody>) -> HttpResponse {
+    let id = sim
+        .directory
+        .write()
+        .expect("directory lock")
+        .add_queue(&body.name);
+    HttpResponse::Ok().json(serde_json::json!({ "id": id, "name": body.name }))
+}
+
+/// `GET /sim/info`: URLs, org id, counters.
+pub(crate) async fn info(sim: web::Data<Sim>) -> HttpResponse {
+    let (queues, users) = {
+        let dir = sim.directory.read().expect("directory lock");
+        (dir.queues.len(), dir.users.len())
+    };
+    let tokens_issued = sim.auth.lock().expect("auth lock").issued;
+    let conversations = sim.history.lock().expect("history lock").len();
+    HttpResponse::Ok().json(serde_json::json!({
+        "orgId": sim.org_id,
+        "baseUrl": sim.base_url,
+        "wsBaseUrl": sim.ws_base_url,
+        "queues": queues,
+        "users": users,
+        "tokensIssued": tokens_issued,
+        "conversations": conversations,
+        "ledgerTotal": sim.ledger.total(),
+    }))
+}

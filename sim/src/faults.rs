@@ -1,0 +1,671 @@
+//! Fault injection, shared by `POST /sim/faults` (JSON) and the library ([`Faults`]).
+//!
+//! The JSON body is one [`Fault`], tagged by `"fault"`; see the README for curl examples.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::auth::TokenState;
+use crate::channels::ChannelDeath;
+use crate::errors::api_error;
+use crate::frames::MalformedKind;
+use crate::link::SocketCtl;
+use crate::state::Sim;
+
+/// Which channels a fault hits: one channel id, or `"all"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    #[default]
+    All,
+    Channel(String),
+}
+
+impl From<&str> for Target {
+    fn from(s: &str) -> Self {
+        if s == "all" {
+            Target::All
+        } else {
+            Target::Channel(s.to_owned())
+        }
+    }
+}
+
+impl From<String> for Target {
+    fn from(s: String) -> Self {
+        Target::from(s.as_str())
+    }
+}
+
+impl From<&String> for Target {
+    fn from(s: &String) -> Self {
+        Target::from(s.as_str())
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Target::All => s.serialize_str("all"),
+            Target::Channel(id) => s.serialize_str(id),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Target::from(String::deserialize(d)?))
+    }
+}
+
+/// What a REST fault answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestFaultKind {
+    /// 429 with `Retry-After: retry_after_s`.
+    TooManyRequests,
+    /// 500.
+    ServerError,
+    /// The real answer, `delay_ms` late.
+    Delay,
+}
+
+/// Which REST calls a REST fault applies to (never `/sim/*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestScope {
+    #[default]
+    All,
+    /// `/api/v2/*` only.
+    Api,
+    /// `/oauth/token` only.
+    Oauth,
+}
+
+/// A REST fault: for the next `count` matching calls, or for `duration_ms`; with neither, the
+/// next call only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestFault {
+    pub kind: RestFaultKind,
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub scope: RestScope,
+    #[serde(default = "one")]
+    pub retry_after_s: u64,
+    #[serde(default = "thousand")]
+    pub delay_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn thousand() -> u64 {
+    1000
+}
+
+impl RestFault {
+    /// A fault of this kind for the next `count` calls, with default parameters.
+    pub fn next_calls(kind: RestFaultKind, count: u32) -> Self {
+        RestFault {
+            kind,
+            count: Some(count),
+            duration_ms: None,
+            scope: RestScope::All,
+            retry_after_s: 1,
+            delay_ms: 1000,
+        }
+    }
+}
+
+/// One fault, as posted to `/sim/faults` (`{"fault": "<name>", ...}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum Fault {
+    /// Drop the socket without a close frame (the client sees 1006). The channel stays alive.
+    DropSocket {
+        #[serde(default)]
+        target: Target,
+    },
+    /// Keep TCP open but send nothing (no events, heartbeats, pongs); events meanwhile are lost.
+    Silence {
+        #[serde(default)]
+        target: Target,
+        /// Resume by itself after this long; without it, until `resume`.
+        #[serde(default)]
+        duration_ms: Option<u64>,
+    },
+    /// End a silence.
+    Resume {
+        #[serde(default)]
+        target: Target,
+    },
+    /// Send `v2.system.socket_closing`, close after the grace period; the channel then dies.
+    SocketClosing {
+        #[serde(default)]
+        target: Target,
+        /// Defaults to the configured `socket_closing_grace`.
+        #[serde(default)]
+        grace_ms: Option<u64>,
+    },
+    /// End the channel's lifetime now (close frame, later upgrades 404).
+    ExpireChannel {
+        #[serde(default)]
+        target: Target,
+    },
+    /// Expire every issued token now: their channels die, API calls get 401.
+    ExpireTokens,
+    /// Revoke one token (`token`), a client's tokens (`client_id`), or every token (neither):
+    /// each channel gets `v2.system.token_revoked.{channelId}` then a close frame.
+    RevokeToken {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    /// Answer REST calls with 429/500 or late.
+    Rest(RestFault),
+    /// Remove every pending REST fault.
+    ClearRest,
+    /// Send one broken frame.
+    Malformed {
+        #[serde(default)]
+        target: Target,
+        kind: MalformedKind,
+        /// Size in bytes for `oversized` (default 1 MiB).
+        #[serde(default)]
+        size: Option<usize>,
+    },
+    /// Push `count` pre-built event frames as fast as the socket takes them.
+    Burst {
+        #[serde(default)]
+        target: Target,
+        count: u64,
+        /// Topic of the frames; default: the channel's first subscribed topic.
+        #[serde(default)]
+        topic: Option<String>,
+    },
+}
+
+/// What a fault touched.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FaultOutcome {
+    /// Channels affected.
+    pub channels: Vec<String>,
+    /// Tokens affected (expire/revoke).
+    pub tokens: usize,
+}
+
+struct ActiveRestFault {
+    fault: RestFault,
+    remaining: Option<u32>,
+    until: Option<Instant>,
+}
+
+/// Pending REST faults, first match wins.
+#[derive(Default)]
+pub(crate) struct RestFaults {
+    active: Vec<ActiveRestFault>,
+}
+
+impl RestFaults {
+    fn push(&mut self, fault: RestFault) {
+        let until = fault
+            .duration_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let remaining = match (fault.count, until) {
+            (Some(n), _) => Some(n),
+            (None, Some(_)) => None,
+            (None, None) => Some(1),
+        };
+        self.active.push(ActiveRestFault {
+            fault,
+            remaining,
+            until,
+        });
+    }
+
+    /// The fault to apply to one call in `scope`, consuming it.
+    fn take(&mut self, scope: RestScope) -> Option<RestFault> {
+        let now = Instant::now();
+        self.active
+            .retain(|f| f.remaining != Some(0) && f.until.is_none_or(|u| now < u));
+        let f = self
+            .active
+            .iter_mut()
+            .find(|f| f.fault.scope == RestScope::All || f.fault.scope == scope)?;
+        if let Some(n) = f.remaining.as_mut() {
+            *n -= 1;
+        }
+        Some(f.fault.clone())
+    }
+}
+
+/// Middleware applying pending REST faults to `/oauth/*` and `/api/*`.
+pub(crate) async fn rest_fault_layer(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let scope = if req.path().starts_with("/oauth/") {
+        Some(RestScope::Oauth)
+    } else if req.path().starts_with("/api/") {
+        Some(RestScope::Api)
+    } else {
+        None
+    };
+    let fault = match (scope, req.app_data::<web::Data<Sim>>()) {
+        (Some(scope), Some(sim)) => sim.rest_faults.lock().expect("faults lock").take(scope),
+        _ => None,
+    };
+    let Some(fault) = fault else {
+        return next.call(req).await.map(|r| r.map_into_boxed_body());
+    };
+    match fault.kind {
+        RestFaultKind::Delay => {
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+            next.call(req).await.map(|r| r.map_into_boxed_body())
+        }
+        RestFaultKind::TooManyRequests => {
+            let mut resp = api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too.many.requests",
+                format!(
+                    "Rate limit exceeded the maximum. Retry the request in [{}] seconds",
+                    fault.retry_after_s
+                ),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(fault.retry_after_s),
+            );
+            Ok(req.into_response(resp).map_into_boxed_body())
+        }
+        RestFaultKind::ServerError => {
+            let resp = api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal.server.error",
+                "The server encountered an unexpected condition.",
+            );
+            Ok(req.into_response(resp).map_into_boxed_body())
+        }
+    }
+}
+
+/// Applies one fault now.
+pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
+    let now = Instant::now();
+    let mut outcome = FaultOutcome::default();
+    match fault {
+        Fault::DropSocket { target } => {
+            let mut reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                if let Some(link) = reg.get_mut(&id).and_then(|c| c.socket.take()) {
+                    link.abort();
+                    outcome.channels.push(id);
+                }
+            }
+        }
+        Fault::Silence {
+            target,
+            duration_ms,
+        } => {
+            let mut reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                let Some(channel) = reg.get_mut(&id) else {
+                    continue;
+                };
+                if let Some(link) = &channel.socket {
+                    link.set_silent(true);
+                    channel.silent_until = duration_ms.map(|ms| now + Duration::from_millis(ms));
+                    outcome.channels.push(id);
+                }
+            }
+        }
+        Fault::Resume { target } => {
+            let mut reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                let Some(channel) = reg.get_mut(&id) else {
+                    continue;
+                };
+                if let Some(link) = &channel.socket {
+                    link.set_silent(false);
+                    channel.silent_until = None;
+                    outcome.channels.push(id);
+                }
+            }
+        }
+        Fault::SocketClosing { target, grace_ms } => {
+            let grace = grace_ms
+                .map(Duration::from_millis)
+                .unwrap_or(sim.cfg.socket_closing_grace);
+            let mut reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                let Some(channel) = reg.get_mut(&id) else {
+                    continue;
+                };
+                let Some(link) = channel.socket.clone() else {
+                    continue;
+                };
+                channel.doomed_at = Some(now + grace);
+                let client_id = channel.client_id.clone();
+                let ctl = sim.system_ctl(
+                    &id,
+                    &client_id,
+                    "v2.system.socket_closing",
+                    "socket_closing",
+                    "maintenance",
+                    "The socket will be closed in about one minute for maintenance",
+                    false,
+                );
+                let _ = link.ctl.send(ctl);
+                outcome.channels.push(id);
+            }
+        }
+        Fault::ExpireChannel { target } => {
+            let mut reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                if reg.kill(&id, ChannelDeath::Expired, None) {
+                    outcome.channels.push(id);
+                }
+            }
+        }
+        Fault::ExpireTokens => {
+            let tokens: HashSet<String> = {
+                let mut auth = sim.auth.lock().expect("auth lock");
+                auth.tokens
+                    .iter_mut()
+                    .filter(|(_, t)| t.state(now) == TokenState::Valid)
+                    .map(|(token, t)| {
+                        t.expires_at = now;
+                        t.death_handled = true;
+                        token.clone()
+                    })
+                    .collect()
+            };
+            outcome.tokens = tokens.len();
+            outcome.channels = kill_channels_of(sim, &tokens, ChannelDeath::TokenExpired);
+        }
+        Fault::RevokeToken { token, client_id } => {
+            let tokens: HashSet<String> = {
+                let mut auth = sim.auth.lock().expect("auth lock");
+                auth.tokens
+                    .iter_mut()
+                    .filter(|(value, t)| {
+                        t.state(now) == TokenState::Valid
+                            && token.as_ref().is_none_or(|x| x == *value)
+                            && client_id.as_ref().is_none_or(|c| *c == t.client_id)
+                    })
+                    .map(|(value, t)| {
+                        t.revoked = true;
+                        t.death_handled = true;
+                        value.clone()
+                    })
+                    .collect()
+            };
+            outcome.tokens = tokens.len();
+            outcome.channels = kill_channels_of(sim, &tokens, ChannelDeath::TokenRevoked);
+        }
+        Fault::Rest(rest) => sim.rest_faults.lock().expect("faults lock").push(rest),
+        Fault::ClearRest => sim.rest_faults.lock().expect("faults lock").active.clear(),
+        Fault::Malformed { target, kind, size } => {
+            let reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                if let Some(link) = reg.get(&id).and_then(|c| c.socket.as_ref()) {
+                    let size = size.unwrap_or(1 << 20);
+                    let _ = link.ctl.send(SocketCtl::Malformed { kind, size });
+                    outcome.channels.push(id);
+                }
+            }
+        }
+        Fault::Burst {
+            target,
+            count,
+            topic,
+        } => {
+            let reg = sim.channels.lock().expect("channels lock");
+            let fallback = default_burst_topic(sim);
+            for id in resolve(&reg.live_ids(), &target) {
+                let Some(channel) = reg.get(&id) else {
+                    continue;
+                };
+                let Some(link) = &channel.socket else {
+                    continue;
+                };
+                let topic = topic
+                    .clone()
+                    .or_else(|| channel.topics().first().cloned())
+                    .unwrap_or_else(|| fallback.clone());
+                let _ = link.ctl.send(SocketCtl::Burst {
+                    count,
+                    topic: Arc::from(topic),
+                });
+                outcome.channels.push(id);
+            }
+        }
+    }
+    outcome
+}
+
+fn kill_channels_of(sim: &Sim, tokens: &HashSet<String>, death: ChannelDeath) -> Vec<String> {
+    let ids = sim
+        .channels
+        .lock()
+        .expect("channels lock")
+        .ids_of_tokens(tokens);
+    sim.kill_token_channels(tokens, death);
+    ids
+}
+
+fn default_burst_topic(sim: &Sim) -> String {
+    let dir = sim.directory.read().expect("directory lock");
+    format!("v2.routing.queues.{}.conversations", dir.queues[0].id)
+}
+
+fn resolve(live: &[String], target: &Target) -> Vec<String> {
+    match target {
+        Target::All => live.to_vec(),
+        Target::Channel(id) => live.iter().filter(|c| *c == id).cloned().collect(),
+    }
+}
+
+/// `POST /sim/faults`: body is one [`Fault`]; answers the [`FaultOutcome`], or 404 when a
+/// channel-targeted fault touched nothing.
+pub(crate) async fn faults_endpoint(sim: web::Data<Sim>, body: web::Bytes) -> HttpResponse {
+    let fault: Fault = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return crate::errors::bad_request(format!("invalid fault: {e}")),
+    };
+    let targeted = matches!(
+        &fault,
+        Fault::DropSocket {
+            target: Target::Channel(_)
+        } | Fault::Silence {
+            target: Target::Channel(_),
+            ..
+        } | Fault::Resume {
+            target: Target::Channel(_)
+        } | Fault::SocketClosing {
+            target: Target::Channel(_),
+            ..
+        } | Fault::ExpireChannel {
+            target: Target::Channel(_)
+        } | Fault::Malformed {
+            target: Target::Channel(_),
+            ..
+        } | Fault::Burst {
+            target: Target::Channel(_),
+            ..
+        }
+    );
+    let outcome = apply(&sim, fault);
+    if targeted && outcome.channels.is_empty() {
+        return crate::errors::not_found("channel (live and, for socket faults, connected)");
+    }
+    HttpResponse::Ok().json(outcome)
+}
+
+/// Fault injection from the library; see [`crate::SimHandle::faults`].
+pub struct Faults<'a> {
+    pub(crate) sim: &'a Sim,
+}
+
+impl Faults<'_> {
+    /// Applies any fault (the same type `POST /sim/faults` takes).
+    pub fn apply(&self, fault: Fault) -> FaultOutcome {
+        apply(self.sim, fault)
+    }
+
+    /// Drops the socket(s) without a close frame; returns the affected channel ids.
+    pub fn drop_socket(&self, target: impl Into<Target>) -> Vec<String> {
+        let target = target.into();
+        self.apply(Fault::DropSocket { target }).channels
+    }
+
+    /// Silences the socket(s) until [`Faults::resume`] or for `duration`.
+    pub fn silence(&self, target: impl Into<Target>, duration: Option<Duration>) -> Vec<String> {
+        let target = target.into();
+        let duration_ms = duration.map(|d| d.as_millis() as u64);
+        self.apply(Fault::Silence {
+            target,
+            duration_ms,
+        })
+        .channels
+    }
+
+    /// Ends a silence.
+    pub fn resume(&self, target: impl Into<Target>) -> Vec<String> {
+        let target = target.into();
+        self.apply(Fault::Resume { target }).channels
+    }
+
+    /// Sends `v2.system.socket_closing`; the socket closes after `grace` (default: configured).
+    pub fn socket_closing(
+        &self,
+        target: impl Into<Target>,
+        grace: Option<Duration>,
+    ) -> Vec<String> {
+        let target = target.into();
+        let grace_ms = grace.map(|d| d.as_millis() as u64);
+        self.apply(Fault::SocketClosing { target, grace_ms })
+            .channels
+    }
+
+    /// Expires the channel(s) now.
+    pub fn expire_channel(&self, target: impl Into<Target>) -> Vec<String> {
+        let target = target.into();
+        self.apply(Fault::ExpireChannel { target }).channels
+    }
+
+    /// Expires every token now; returns how many were valid.
+    pub fn expire_all_tokens(&self) -> usize {
+        self.apply(Fault::ExpireTokens).tokens
+    }
+
+    /// Revokes one token; returns whether it was valid.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        let fault = Fault::RevokeToken {
+            token: Some(token.to_owned()),
+            client_id: None,
+        };
+        self.apply(fault).tokens > 0
+    }
+
+    /// Revokes every valid token of a client; returns how many.
+    pub fn revoke_client_tokens(&self, client_id: &str) -> usize {
+        let fault = Fault::RevokeToken {
+            token: None,
+            client_id: Some(client_id.to_owned()),
+        };
+        self.apply(fault).tokens
+    }
+
+    /// Adds a REST fault.
+    pub fn rest(&self, fault: RestFault) {
+        self.apply(Fault::Rest(fault));
+    }
+
+    /// Removes every pending REST fault.
+    pub fn clear_rest(&self) {
+        self.apply(Fault::ClearRest);
+    }
+
+    /// Sends one malformed frame (`size` is used by `Oversized`).
+    pub fn malformed(
+        &self,
+        target: impl Into<Target>,
+        kind: MalformedKind,
+        size: Option<usize>,
+    ) -> Vec<String> {
+        let target = target.into();
+        self.apply(Fault::Malformed { target, kind, size }).channels
+    }
+
+    /// Pushes `count` pre-built events as fast as the socket takes them.
+    pub fn burst(&self, target: impl Into<Target>, count: u64, topic: Option<&str>) -> Vec<String> {
+        let target = target.into();
+        let topic = topic.map(str::to_owned);
+        self.apply(Fault::Burst {
+            target,
+            count,
+            topic,
+        })
+        .channels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_json_round_trip() {
+        let f: Fault =
+            serde_json::from_str(r#"{"fault":"drop_socket","target":"streaming-0-x"}"#).unwrap();
+        assert_eq!(
+            f,
+            Fault::DropSocket {
+                target: Target::Channel("streaming-0-x".into())
+            }
+        );
+        let f: Fault = serde_json::from_str(
+            r#"{"fault":"rest","kind":"too_many_requests","retry_after_s":3,"count":2}"#,
+        )
+        .unwrap();
+        let Fault::Rest(r) = f else { panic!() };
+        assert_eq!(r.retry_after_s, 3);
+        assert_eq!(r.count, Some(2));
+        let f: Fault = serde_json::from_str(r#"{"fault":"expire_tokens"}"#).unwrap();
+        assert_eq!(f, Fault::ExpireTokens);
+        let f: Fault =
+            serde_json::from_str(r#"{"fault":"malformed","kind":"oversized","size":10}"#).unwrap();
+        assert!(matches!(
+            f,
+            Fault::Malformed {
+                target: Target::All,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rest_faults_count_and_scope() {
+        let mut faults = RestFaults::default();
+        let mut f = RestFault::next_calls(RestFaultKind::ServerError, 2);
+        f.scope = RestScope::Oauth;
+        faults.push(f);
+        assert!(faults.take(RestScope::Api).is_none());
+        assert!(faults.take(RestScope::Oauth).is_some());
+        assert!(faults.take(RestScope::Oauth).is_some());
+        assert!(faults.take(RestScope::Oauth).is_none());
+    }
+}

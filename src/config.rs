@@ -1,0 +1,567 @@
+//! The configuration file: parsed once into a validated struct.
+//!
+//! One TOML file; durations like `"30s"` or `"23h"`; unknown keys are errors; the client id and
+//! secret come from the environment (or files named there), never from the file. Every field is
+//! documented in `config/bridge.example.toml`, which a test loads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use genesys_actors::backoff::ExponentialBackoff;
+use genesys_actors::genesys::endpoints::Endpoints;
+use genesys_actors::producer::routing::{Route, Router};
+use genesys_actors::producer::KafkaSettings;
+use genesys_actors::secret::Secret;
+use genesys_actors::socket::SocketSettings;
+use genesys_actors::spool::SpoolConfig;
+use genesys_actors::supervisor::{BridgeSettings, SupervisorSettings, TopicSettings};
+use genesys_actors::token::TokenSettings;
+use genesys_actors::topics::{TopicTemplate, MAX_CHANNELS, MAX_TOPICS_PER_CHANNEL};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables holding the OAuth client credentials (or `…_FILE` naming a file).
+pub const ENV_CLIENT_ID: &str = "GENESYS_CLIENT_ID";
+pub const ENV_CLIENT_SECRET: &str = "GENESYS_CLIENT_SECRET";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub genesys: GenesysConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub socket: SocketConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesysConfig {
+    /// Region key (`us_east_1`) or domain (`mypurecloud.com`). Either this or both URLs.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Explicit REST base URL, e.g. `http://127.0.0.1:8080` for the simulator.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Explicit OAuth base URL.
+    #[serde(default)]
+    pub login_url: Option<String>,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Refresh the token this long before it expires.
+    #[serde(default = "default_token_margin", with = "humantime_serde")]
+    pub token_refresh_margin: Duration,
+    /// At most one token refresh per this interval when Genesys rejects tokens.
+    #[serde(default = "default_min_refresh", with = "humantime_serde")]
+    pub token_min_refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Topics subscribed as written.
+    #[serde(default)]
+    pub explicit: Vec<String>,
+    /// Templates expanded for every queue or user.
+    #[serde(default)]
+    pub templates: Vec<TopicTemplate>,
+    /// Topics per channel (Genesys allows at most 1,000).
+    #[serde(default = "default_per_channel")]
+    pub per_channel: usize,
+    /// Channels this bridge may use (Genesys allows 20 per OAuth client).
+    #[serde(default = "default_channel_budget")]
+    pub channel_budget: usize,
+    /// How often templates are expanded again, to pick up new queues and users.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// librdkafka properties; `bootstrap.servers` is required.
+    pub properties: BTreeMap<String, String>,
+    /// Topic for events no route matches.
+    pub default_topic: String,
+    /// Routes from Genesys topic patterns to Kafka topics; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Topic for gap and lifecycle records.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// Topic for records Kafka refused for good; unset: the dead-letter file only.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Last-resort dead-letter file (JSON lines); default: `dead-letters.jsonl` in the spool dir.
+    #[serde(default)]
+    pub dead_letter_file: Option<PathBuf>,
+    /// Records handed to librdkafka and not yet acknowledged, at most.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketConfig {
+    #[serde(default = "default_ping", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(default = "default_dead_after", with = "humantime_serde")]
+    pub dead_after: Duration,
+    #[serde(default = "default_rollover_margin", with = "humantime_serde")]
+    pub rollover_margin: Duration,
+    #[serde(default = "default_rollover_timeout", with = "humantime_serde")]
+    pub rollover_timeout: Duration,
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    #[serde(default = "default_dedup_capacity")]
+    pub dedup_capacity: usize,
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    pub dedup_window: Duration,
+    #[serde(default)]
+    pub backoff: ExponentialBackoff,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// `/livez` fails when an actor does not answer within this time.
+    #[serde(default = "default_live_deadline", with = "humantime_serde")]
+    pub liveness_deadline: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `genesys_actors=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Restarts of one actor within `crash_window` that make the process exit (code 70).
+    pub crash_threshold: usize,
+    #[serde(with = "humantime_serde")]
+    pub crash_window: Duration,
+    pub restart_backoff: ExponentialBackoff,
+    /// SIGTERM: stop reading, flush to Kafka, exit within this time (keep it below the pod's
+    /// terminationGracePeriodSeconds).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Enables `POST /debug/panic/{actor}` (tests only; never in production).
+    #[serde(default)]
+    pub fault_injection: bool,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_token_margin() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_per_channel() -> usize {
+    MAX_TOPICS_PER_CHANNEL
+}
+fn default_channel_budget() -> usize {
+    MAX_CHANNELS
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_status_topic() -> String {
+    "genesys.bridge.status".into()
+}
+fn default_in_flight() -> usize {
+    10_000
+}
+fn default_ping() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dead_after() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_rollover_margin() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_rollover_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_frame() -> usize {
+    16 << 20
+}
+fn default_dedup_capacity() -> usize {
+    100_000
+}
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_live_deadline() -> Duration {
+    Duration::from_secs(3)
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            explicit: Vec::new(),
+            templates: Vec::new(),
+            per_channel: default_per_channel(),
+            channel_budget: default_channel_budget(),
+            refresh_interval: default_refresh(),
+        }
+    }
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: default_ping(),
+            dead_after: default_dead_after(),
+            rollover_margin: default_rollover_margin(),
+            rollover_timeout: default_rollover_timeout(),
+            max_frame_bytes: default_max_frame(),
+            dedup_capacity: default_dedup_capacity(),
+            dedup_window: default_dedup_window(),
+            backoff: ExponentialBackoff::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("valid default address"),
+            liveness_deadline: default_live_deadline(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            crash_threshold: 5,
+            crash_window: Duration::from_secs(60),
+            restart_backoff: ExponentialBackoff {
+                min: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+                jitter: 0.2,
+            },
+            shutdown_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The OAuth client credentials, from the environment.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// Where environment variables come from (the process, or a map in tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// `NAME` or the contents of the file named by `NAME_FILE` (trailing newline removed).
+fn from_env(env: &dyn Env, name: &str) -> Result<String, ConfigError> {
+    if let Some(value) = env.var(name) {
+        return Ok(value);
+    }
+    let file_var = format!("{name}_FILE");
+    if let Some(path) = env.var(&file_var) {
+        let content = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(&file_var, format!("cannot read {path}: {e}")))?;
+        let value = content.trim_end_matches(['\n', '\r']).to_string();
+        if value.is_empty() {
+            return Err(invalid(&file_var, format!("{path} is empty")));
+        }
+        return Ok(value);
+    }
+    Err(invalid(
+        name,
+        format!("not set: set {name} or {file_var} (credentials are never read from the config file)"),
+    ))
+}
+
+pub fn credentials(env: &dyn Env) -> Result<Credentials, ConfigError> {
+    Ok(Credentials {
+        client_id: from_env(env, ENV_CLIENT_ID)?,
+        client_secret: Secret::new(from_env(env, ENV_CLIENT_SECRET)?),
+    })
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn endpoints(&self) -> Result<Endpoints, ConfigError> {
+        let g = &self.genesys;
+        match (&g.region, &g.api_url, &g.login_url) {
+            (_, Some(api), Some(login)) => Endpoints::explicit(api, login)
+                .map_err(|e| invalid("genesys.api_url/login_url", e.to_string())),
+            (_, Some(_), None) | (_, None, Some(_)) => Err(invalid(
+                "genesys.api_url/login_url",
+                "set both api_url and login_url, or neither",
+            )),
+            (Some(region), None, None) => {
+                Endpoints::for_region(region).map_err(|e| invalid("genesys.region", e.to_string()))
+            }
+            (None, None, None) => Err(invalid(
+                "genesys.region",
+                "set a region (e.g. us_east_1 or mypurecloud.com) or api_url and login_url",
+            )),
+        }
+    }
+
+    /// Checks what serde cannot: relations between keys and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.endpoints()?;
+        let t = &self.topics;
+        if t.explicit.is_empty() && t.templates.is_empty() {
+            return Err(invalid("topics", "no topics: set topics.explicit or topics.templates"));
+        }
+        for (index, template) in t.templates.iter().enumerate() {
+            if template.source().is_none() {
+                return Err(invalid(
+                    &format!("topics.templates[{index}].template"),
+                    format!("{:?} must contain queues.{{id}} or users.{{id}}", template.template),
+                ));
+            }
+        }
+        for topic in &t.explicit {
+            if topic.starts_with("channel.metadata") || topic.starts_with("v2.system.") {
+                return Err(invalid(
+                    "topics.explicit",
+                    format!("{topic:?} arrives without subscribing and must not be subscribed"),
+                ));
+            }
+            if topic.contains('{') {
+                return Err(invalid("topics.explicit", format!("{topic:?} has a placeholder: put it in topics.templates")));
+            }
+        }
+        if !(1..=MAX_TOPICS_PER_CHANNEL).contains(&t.per_channel) {
+            return Err(invalid("topics.per_channel", format!("must be 1..=1000, got {}", t.per_channel)));
+        }
+        if !(1..=MAX_CHANNELS).contains(&t.channel_budget) {
+            return Err(invalid("topics.channel_budget", format!("must be 1..=20, got {}", t.channel_budget)));
+        }
+        let s = &self.socket;
+        if s.ping_interval.is_zero() {
+            return Err(invalid("socket.ping_interval", "must be greater than zero"));
+        }
+        if s.dead_after <= s.ping_interval {
+            return Err(invalid(
+                "socket.dead_after",
+                format!(
+                    "({}) must be longer than socket.ping_interval ({})",
+                    humantime::format_duration(s.dead_after),
+                    humantime::format_duration(s.ping_interval)
+                ),
+            ));
+        }
+        if s.max_frame_bytes < 1024 {
+            return Err(invalid("socket.max_frame_bytes", "must be at least 1024"));
+        }
+        s.backoff
+            .validate()
+            .map_err(|e| invalid("socket.backoff", e.to_string()))?;
+        self.supervisor
+            .restart_backoff
+            .validate()
+            .map_err(|e| invalid("supervisor.restart_backoff", e.to_string()))?;
+        if self.supervisor.crash_threshold == 0 {
+            return Err(invalid("supervisor.crash_threshold", "must be at least 1"));
+        }
+        let k = &self.kafka;
+        if !k.properties.contains_key("bootstrap.servers") {
+            return Err(invalid("kafka.properties", "\"bootstrap.servers\" is required"));
+        }
+        if k.default_topic.trim().is_empty() {
+            return Err(invalid("kafka.default_topic", "must not be empty"));
+        }
+        if k.max_in_flight == 0 {
+            return Err(invalid("kafka.max_in_flight", "must be at least 1"));
+        }
+        // librdkafka checks its own properties: build a client config now, not at first use.
+        let probe = rdkafka::ClientConfig::from_iter(k.properties.clone());
+        let producer: Result<rdkafka::producer::BaseProducer, _> = probe.create();
+        if let Err(error) = producer {
+            return Err(invalid("kafka.properties", error.to_string()));
+        }
+        self.spool
+            .validate()
+            .map_err(|e| invalid("spool", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Secrets never appear in it:
+    /// librdkafka properties whose name suggests a secret are redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(key) {
+                *value = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// The runtime settings.
+    pub fn bridge_settings(&self, credentials: Credentials) -> Result<BridgeSettings, ConfigError> {
+        let endpoints = self.endpoints()?;
+        let fault_injection = self.debug.fault_injection;
+        let s = &self.socket;
+        let dead_letter_file = self
+            .kafka
+            .dead_letter_file
+            .clone()
+            .unwrap_or_else(|| self.spool.dir.join("dead-letters.jsonl"));
+        Ok(BridgeSettings {
+            token: TokenSettings {
+                endpoints: endpoints.clone(),
+                client_id: credentials.client_id,
+                client_secret: credentials.client_secret,
+                refresh_margin: self.genesys.token_refresh_margin,
+                min_refresh_interval: self.genesys.token_min_refresh_interval,
+                backoff: s.backoff,
+                request_timeout: self.genesys.request_timeout,
+            },
+            socket: Arc::new(SocketSettings {
+                endpoints,
+                ping_interval: s.ping_interval,
+                dead_after: s.dead_after,
+                rollover_margin: s.rollover_margin,
+                rollover_timeout: s.rollover_timeout,
+                max_frame_bytes: s.max_frame_bytes,
+                request_timeout: self.genesys.request_timeout,
+                backoff: s.backoff,
+                dedup_capacity: s.dedup_capacity,
+                dedup_window: s.dedup_window,
+                allow_fault_injection: fault_injection,
+            }),
+            kafka: Arc::new(KafkaSettings {
+                properties: self.kafka.properties.clone(),
+                router: Router::new(&self.kafka.routes, &self.kafka.default_topic),
+                status_topic: self.kafka.status_topic.clone(),
+                dead_letter_topic: self.kafka.dead_letter_topic.clone(),
+                dead_letter_file,
+                max_in_flight: self.kafka.max_in_flight,
+                allow_fault_injection: fault_injection,
+            }),
+            topics: TopicSettings {
+                explicit: self.topics.explicit.clone(),
+                templates: self.topics.templates.clone(),
+                per_channel: self.topics.per_channel,
+                channel_budget: self.topics.channel_budget,
+                refresh_interval: self.topics.refresh_interval,
+            },
+            supervisor: SupervisorSettings {
+                restart_backoff: self.supervisor.restart_backoff,
+                crash_threshold: self.supervisor.crash_threshold,
+                crash_window: self.supervisor.crash_window,
+                watch_interval: Duration::from_millis(100),
+            },
+            allow_fault_injection: fault_injection,
+        })
+    }
+}
+
+fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key.pem", "certificate.pem", "jaas"]
+        .iter()
+        .any(|marker| key.contains(marker))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+//! Health, metrics and status over HTTP, for Kubernetes probes, Prometheus and people.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use chrono::Utc;
+use genesys_actors::health::Health;
+use genesys_actors::metrics::Metrics;
+use genesys_actors::supervisor::{CheckLive, PanicActor, Supervisor};
+use serde_json::json;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub supervisor: Addr<Supervisor>,
+    pub liveness_deadline: Duration,
+    pub fault_injection: bool,
+}
+
+/// `/livez`: 200 while the supervisor and every actor answer in time. Never fails because
+/// Genesys or Kafka is down, so that Kubernetes does not restart a pod into a reconnect storm.
+async fn livez(state: web::Data<HttpState>) -> HttpResponse {
+    let deadline = state.liveness_deadline;
+    let asked = state.supervisor.send(CheckLive { deadline });
+    match tokio::time::timeout(deadline * 2, asked).await {
+        Ok(Ok(Ok(()))) => HttpResponse::Ok().json(json!({"live": true})),
+        Ok(Ok(Err(unresponsive))) => HttpResponse::ServiceUnavailable()
+            .json(json!({"live": false, "unresponsive": unresponsive})),
+        _ => HttpResponse::ServiceUnavailable()
+            .json(json!({"live": false, "unresponsive": ["supervisor"]})),
+    }
+}
+
+/// `/readyz`: 200 once a token is held, every shard streams and the spool has room.
+async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    match state.health.snapshot().not_ready_reason(Utc::now()) {
+        None => HttpResponse::Ok().json(json!({"ready": true})),
+        Some(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({"ready": false, "reason": reason}))
+        }
+    }
+}
+
+async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    let snapshot = state.health.snapshot();
+    let now = Utc::now();
+    if let Some(expiry) = snapshot.token.expires_at {
+        let left = (expiry - now).num_milliseconds() as f64 / 1000.0;
+        state.metrics.token_seconds_to_expiry.set(left);
+    }
+    for shard in &snapshot.shards {
+        if let Some(created) = shard.channel_created_at {
+            let age = (now - created).num_milliseconds().max(0) as f64 / 1000.0;
+            state
+                .metrics
+                .channel_age
+                .get_or_create(&Metrics::shard(shard.shard))
+                .set(age);
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
+async fn status(state: web::Data<HttpState>) -> HttpResponse {
+    let mut snapshot = state.health.snapshot();
+    snapshot.kafka.produced = state.metrics.events_produced.get();
+    snapshot.kafka.in_flight = state.metrics.in_flight.get().max(0) as u64;
+    HttpResponse::Ok().json(snapshot)
+}
+
+async fn inject_panic(state: web::Data<HttpState>, actor: web::Path<String>) -> HttpResponse {
+    if !state.fault_injection {
+        return HttpResponse::NotFound().finish();
+    }
+    match state.supervisor.send(PanicActor { name: actor.into_inner() }).await {
+        Ok(true) => HttpResponse::Accepted().finish(),
+        _ => HttpResponse::BadRequest().body("unknown actor or not running"),
+    }
+}
+
+pub fn server(
+    state: HttpState,
+    listen: std::net::SocketAddr,
+) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/livez", web::get().to(livez))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .route("/status", web::get().to(status))
+            .route("/debug/panic/{actor}", web::post().to(inject_panic))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(listen)?
+    .run();
+    Ok(server)
+}
