@@ -355,7 +355,9 @@ fn from_env(env: &dyn Env, name: &str) -> Result<String, ConfigError> {
     }
     Err(invalid(
         name,
-        format!("not set: set {name} or {file_var} (credentials are never read from the config file)"),
+        format!(
+            "not set: set {name} or {file_var} (credentials are never read from the config file)"
+        ),
     ))
 }
 
@@ -408,13 +410,19 @@ impl Config {
         self.endpoints()?;
         let t = &self.topics;
         if t.explicit.is_empty() && t.templates.is_empty() {
-            return Err(invalid("topics", "no topics: set topics.explicit or topics.templates"));
+            return Err(invalid(
+                "topics",
+                "no topics: set topics.explicit or topics.templates",
+            ));
         }
         for (index, template) in t.templates.iter().enumerate() {
             if template.source().is_none() {
                 return Err(invalid(
                     &format!("topics.templates[{index}].template"),
-                    format!("{:?} must contain queues.{{id}} or users.{{id}}", template.template),
+                    format!(
+                        "{:?} must contain queues.{{id}} or users.{{id}}",
+                        template.template
+                    ),
                 ));
             }
         }
@@ -426,14 +434,23 @@ impl Config {
                 ));
             }
             if topic.contains('{') {
-                return Err(invalid("topics.explicit", format!("{topic:?} has a placeholder: put it in topics.templates")));
+                return Err(invalid(
+                    "topics.explicit",
+                    format!("{topic:?} has a placeholder: put it in topics.templates"),
+                ));
             }
         }
         if !(1..=MAX_TOPICS_PER_CHANNEL).contains(&t.per_channel) {
-            return Err(invalid("topics.per_channel", format!("must be 1..=1000, got {}", t.per_channel)));
+            return Err(invalid(
+                "topics.per_channel",
+                format!("must be 1..=1000, got {}", t.per_channel),
+            ));
         }
         if !(1..=MAX_CHANNELS).contains(&t.channel_budget) {
-            return Err(invalid("topics.channel_budget", format!("must be 1..=20, got {}", t.channel_budget)));
+            return Err(invalid(
+                "topics.channel_budget",
+                format!("must be 1..=20, got {}", t.channel_budget),
+            ));
         }
         let s = &self.socket;
         if s.ping_interval.is_zero() {
@@ -464,7 +481,10 @@ impl Config {
         }
         let k = &self.kafka;
         if !k.properties.contains_key("bootstrap.servers") {
-            return Err(invalid("kafka.properties", "\"bootstrap.servers\" is required"));
+            return Err(invalid(
+                "kafka.properties",
+                "\"bootstrap.servers\" is required",
+            ));
         }
         if k.default_topic.trim().is_empty() {
             return Err(invalid("kafka.default_topic", "must not be empty"));
@@ -558,9 +578,16 @@ impl Config {
 
 fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key.pem", "certificate.pem", "jaas"]
-        .iter()
-        .any(|marker| key.contains(marker))
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "certificate.pem",
+        "jaas",
+    ]
+    .iter()
+    .any(|marker| key.contains(marker))
 }
 
 #[cfg(test)]

@@ -93,15 +93,28 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("a mock exists when no brokers are given"),
     };
     let temp = tempfile::TempDir::new()?;
-    let spool_dir = args.spool_dir.clone().unwrap_or_else(|| temp.path().join("spool"));
+    let spool_dir = args
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().join("spool"));
     let config = demo_config(&sim, &brokers, &spool_dir, args.http)?;
     let settings = config.bridge_settings(Credentials {
         client_id: "sim-client".into(),
         client_secret: Secret::new("sim-secret"),
     })?;
-    println!("genesys-kafka-bridge demo: simulator at {}, Kafka at {}", sim.base_url(),
-        if mock.is_some() { "embedded MockCluster" } else { brokers.as_str() });
-    println!("  metrics: http://{0}/metrics  status: http://{0}/status  (Ctrl-C stops early)", args.http);
+    println!(
+        "genesys-kafka-bridge demo: simulator at {}, Kafka at {}",
+        sim.base_url(),
+        if mock.is_some() {
+            "embedded MockCluster"
+        } else {
+            brokers.as_str()
+        }
+    );
+    println!(
+        "  metrics: http://{0}/metrics  status: http://{0}/status  (Ctrl-C stops early)",
+        args.http
+    );
 
     let started = Instant::now();
     let driver_sim = sim.clone();
@@ -122,7 +135,12 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn demo_config(sim: &SimHandle, brokers: &str, spool: &std::path::Path, http: SocketAddr) -> anyhow::Result<Config> {
+fn demo_config(
+    sim: &SimHandle,
+    brokers: &str,
+    spool: &std::path::Path,
+    http: SocketAddr,
+) -> anyhow::Result<Config> {
     let text = format!(
         r#"
 [genesys]
@@ -194,7 +212,10 @@ async fn drive(
         if !closing_done && at >= duration / 3 {
             closing_done = true;
             let channels = sim.faults().socket_closing(genesys_sim::Target::All, None);
-            eprintln!("\n>> injected: Genesys maintenance (socket_closing) on {} channel(s)", channels.len());
+            eprintln!(
+                "\n>> injected: Genesys maintenance (socket_closing) on {} channel(s)",
+                channels.len()
+            );
         }
         if !hiccup_done && at >= duration / 2 {
             hiccup_done = true;
@@ -227,7 +248,11 @@ fn status_line(running: &crate::run::Running, at: Duration) {
     let metrics = &running.metrics;
     let received: u64 = metrics.events_appended.get();
     let produced = metrics.events_produced.get();
-    let reconnects: u64 = snapshot.shards.iter().map(|s| s.connects.saturating_sub(1)).sum();
+    let reconnects: u64 = snapshot
+        .shards
+        .iter()
+        .map(|s| s.connects.saturating_sub(1))
+        .sum();
     let rollovers: u64 = snapshot.shards.iter().map(|s| s.rollovers).sum();
     let rate = received as f64 / at.as_secs_f64().max(1.0);
     eprint!(
@@ -255,7 +280,8 @@ fn consume_all(brokers: &str) -> anyhow::Result<HashMap<String, Vec<Vec<u8>>>> {
     for topic in TOPICS {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5))?;
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5))?;
             expected += high - low;
             assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)?;
         }
@@ -279,7 +305,11 @@ fn consume_all(brokers: &str) -> anyhow::Result<HashMap<String, Vec<Vec<u8>>>> {
 
 fn summary(sim: &SimHandle, brokers: &str, elapsed: Duration) -> anyhow::Result<()> {
     let mut sent: HashMap<String, usize> = HashMap::new();
-    for entry in sim.ledger().into_iter().filter(|e| e.kind == FrameKind::Event) {
+    for entry in sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.kind == FrameKind::Event)
+    {
         sent.entry(entry.frame.to_string()).or_insert(0);
     }
     let records = consume_all(brokers)?;
@@ -291,13 +321,22 @@ fn summary(sim: &SimHandle, brokers: &str, elapsed: Duration) -> anyhow::Result<
             continue;
         }
         for value in values {
-            *in_kafka.entry(String::from_utf8_lossy(value).into_owned()).or_insert(0) += 1;
+            *in_kafka
+                .entry(String::from_utf8_lossy(value).into_owned())
+                .or_insert(0) += 1;
         }
     }
-    let missing = sent.keys().filter(|frame| !in_kafka.contains_key(*frame)).count();
+    let missing = sent
+        .keys()
+        .filter(|frame| !in_kafka.contains_key(*frame))
+        .count();
     let duplicates: usize = in_kafka.values().map(|n| n.saturating_sub(1)).sum();
     println!("\nSummary after {:.1} s", elapsed.as_secs_f64());
-    println!("  {:<40} {:>9}", "events sent by the simulator (unique)", sent.len());
+    println!(
+        "  {:<40} {:>9}",
+        "events sent by the simulator (unique)",
+        sent.len()
+    );
     for (topic, count) in &per_topic {
         println!("  {:<40} {:>9}", format!("records in {topic}"), count);
     }

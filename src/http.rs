@@ -77,7 +77,13 @@ async fn inject_panic(state: web::Data<HttpState>, actor: web::Path<String>) -> 
     if !state.fault_injection {
         return HttpResponse::NotFound().finish();
     }
-    match state.supervisor.send(PanicActor { name: actor.into_inner() }).await {
+    match state
+        .supervisor
+        .send(PanicActor {
+            name: actor.into_inner(),
+        })
+        .await
+    {
         Ok(true) => HttpResponse::Accepted().finish(),
         _ => HttpResponse::BadRequest().body("unknown actor or not running"),
     }

@@ -95,7 +95,10 @@ impl Running {
         );
         let stats = self.spool.stats();
         if flushed {
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "flushed everything to Kafka");
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "flushed everything to Kafka"
+            );
         } else {
             tracing::warn!(
                 unacked = stats.records_unacked,
@@ -114,7 +117,10 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
         Ok(opened) => opened,
         Err(error) => {
             tracing::error!(error = %error, dir = %config.spool.dir.display(), "cannot open the spool");
-            eprintln!("cannot open the spool at {}: {error}", config.spool.dir.display());
+            eprintln!(
+                "cannot open the spool at {}: {error}",
+                config.spool.dir.display()
+            );
             return Err(ExitCode::from(EXIT_SPOOL));
         }
     };

@@ -365,7 +365,6 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
                     "socket_closing",
                     "maintenance",
                     "The socket will be closed in about one minute for maintenance",
-                    false,
                 );
                 let _ = link.ctl.send(ctl);
                 outcome.channels.push(id);

@@ -24,12 +24,11 @@ pub(crate) enum SocketCtl {
     Close { reason: String },
     /// End the connection without a close frame (the client sees 1006).
     Abort,
-    /// Send a `v2.system.*` frame, then optionally close.
+    /// Send a `v2.system.*` frame (what follows, if anything, is sent separately).
     System {
         topic: Arc<str>,
         frame: Arc<str>,
         correlation_id: Arc<str>,
-        close_after: bool,
     },
     /// Send a deliberately broken frame.
     Malformed { kind: MalformedKind, size: usize },

@@ -78,7 +78,6 @@ impl Sim {
         system_topic_type: &str,
         reason: &str,
         message: &str,
-        close_after: bool,
     ) -> SocketCtl {
         let correlation_id = ids::uuid(&mut self.sys_rng.lock().expect("rng lock"));
         let body = SystemMessage {
@@ -96,7 +95,6 @@ impl Sim {
             topic: Arc::from(topic),
             frame: frames::system_frame(topic, &body),
             correlation_id: Arc::from(correlation_id),
-            close_after,
         }
     }
 
@@ -114,7 +112,6 @@ impl Sim {
                     "token_revoked",
                     "token_revoked",
                     "The OAuth token used to create this channel was revoked",
-                    false,
                 ))
             } else {
                 None

@@ -265,7 +265,6 @@ impl SocketTask {
                 topic,
                 frame,
                 correlation_id,
-                close_after,
             } => {
                 let sent = Sent {
                     topic,
@@ -274,11 +273,7 @@ impl SocketTask {
                     binary: None,
                     correlation_id: Some(correlation_id),
                 };
-                self.send_or_end(sent).await?;
-                if close_after {
-                    return Err(End::Close("system".to_owned()));
-                }
-                Ok(())
+                self.send_or_end(sent).await
             }
             SocketCtl::Malformed { kind, size } => {
                 let topic = self.default_topic();

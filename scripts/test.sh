@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The end-to-end tests start their own Kafka broker (tansu, a
+# Kafka-compatible broker in Rust) on loopback ports; it is built from crates.io when missing
+# (~15 minutes once; the binary is cached in ~/.cargo/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "installing tansu $TANSU_VERSION (Kafka-compatible broker for the end-to-end tests)…"
+  cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql --locked
+fi
+export TANSU_BIN="${TANSU_BIN:-$(command -v tansu)}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,254 @@
+//! Test support: a real Kafka broker (tansu) per test, the real bridge binary as a process, the
+//! simulator in-process, and waiting on conditions instead of sleeping.
+#![allow(dead_code)]
+
+pub mod kafka;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use kafka::{consume_all, KafkaRecord, Tansu};
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `condition` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// The bridge binary, running.
+pub struct Bridge {
+    child: Option<Child>,
+    pub http: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_genesys-kafka-bridge");
+
+impl Bridge {
+    /// Starts `run --config` with `config` (TOML; `{http}` and `{spool}` are filled in) and the
+    /// simulator's default credentials unless `env` overrides them.
+    pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Bridge {
+        let port = free_port();
+        let http = format!("127.0.0.1:{port}");
+        let spool = dir.join("spool");
+        let text = config
+            .replace("{http}", &http)
+            .replace("{spool}", &spool.display().to_string());
+        let config_path = dir.join("bridge.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let mut bridge = Bridge {
+            child: None,
+            http,
+            dir: dir.to_path_buf(),
+            config_path,
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        bridge.spawn(env);
+        bridge
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("GENESYS_CLIENT_ID", "sim-client")
+            .env("GENESYS_CLIENT_SECRET", "sim-secret")
+            .env("RUST_LOG", "info,genesys_actors=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("bridge binary starts");
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = self.logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    /// Starts the same bridge again (same config, same spool).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.kill();
+        self.spawn(env);
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://{}{path}", self.http);
+        match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+            Ok(response) => Some((
+                response.status(),
+                response.into_string().unwrap_or_default(),
+            )),
+            Err(ureq::Error::Status(code, response)) => {
+                Some((code, response.into_string().unwrap_or_default()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    pub fn post(&self, path: &str) -> Option<u16> {
+        let url = format!("http://{}{path}", self.http);
+        match ureq::post(&url).timeout(Duration::from_secs(10)).call() {
+            Ok(response) => Some(response.status()),
+            Err(ureq::Error::Status(code, _)) => Some(code),
+            Err(_) => None,
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (_, body) = self.get("/status").expect("/status answers");
+        serde_json::from_str(&body).expect("/status is JSON")
+    }
+
+    /// The value of a Prometheus sample (`name{labels}` as printed), 0 if absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter(|(name, _)| *name == sample)
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        wait_until("bridge /readyz 200", timeout, || {
+            matches!(self.get("/readyz"), Some((200, _)))
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal by name (TERM, KILL, STOP, CONT).
+    pub fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("bridge did not exit within {timeout:?}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- bridge logs ----");
+            for line in self.logs().iter().rev().take(80).rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// A bridge config against `sim` and `brokers`, with short timings for tests.
+pub fn test_config(api: &str, brokers: &str, extra: &str) -> String {
+    format!(
+        r#"
+[genesys]
+api_url = "{api}"
+login_url = "{api}"
+request_timeout = "5s"
+
+[kafka]
+default_topic = "events"
+status_topic = "status"
+dead_letter_topic = "deadletter"
+routes = [
+  {{ pattern = "v2.users.*.conversations", topic = "user-conversations" }},
+  {{ pattern = "v2.routing.queues.*.conversations", topic = "queue-conversations" }},
+]
+[kafka.properties]
+"bootstrap.servers" = "{brokers}"
+"linger.ms" = "5"
+
+[spool]
+dir = "{{spool}}"
+segment_bytes = 1048576
+max_bytes = 67108864
+fsync_interval = "50ms"
+
+[http]
+listen = "{{http}}"
+
+[log]
+format = "json"
+
+[debug]
+fault_injection = true
+
+{extra}
+"#
+    )
+}
+
+/// The Kafka topics [`test_config`] routes to.
+pub const TEST_TOPICS: [&str; 5] = [
+    "events",
+    "status",
+    "deadletter",
+    "user-conversations",
+    "queue-conversations",
+];
