@@ -163,7 +163,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupervisorConfig {
-    /// Restarts of one actor within `crash_window` that make the process exit (code 70).
+    /// Failures (stops or panics) of one actor within `crash_window` that make the process exit
+    /// (code 70) instead of restarting it once more.
     pub crash_threshold: usize,
     #[serde(with = "humantime_serde")]
     pub crash_window: Duration,

@@ -31,7 +31,7 @@ use crate::topics::{assign_shards, expand, TopicTemplate};
 pub struct SupervisorSettings {
     /// Delay before restarting a child, growing with its recent restarts.
     pub restart_backoff: ExponentialBackoff,
-    /// This many restarts of one child within `crash_window` is a crash loop: exit non-zero.
+    /// This many failures of one child within `crash_window` is a crash loop: exit non-zero.
     pub crash_threshold: usize,
     pub crash_window: Duration,
     /// How often children are checked.
@@ -97,8 +97,8 @@ impl ChildId {
 
 struct Child {
     arbiter: Arbiter,
-    /// Recent restart times, for the crash-loop rule and the backoff.
-    restarts: VecDeque<Instant>,
+    /// Recent failure times (within the crash window), for the crash-loop rule and the backoff.
+    failures: VecDeque<Instant>,
     restart_due: Option<Instant>,
 }
 
@@ -204,7 +204,7 @@ impl Supervisor {
             id,
             Child {
                 arbiter,
-                restarts: VecDeque::new(),
+                failures: VecDeque::new(),
                 restart_due: None,
             },
         );
@@ -213,7 +213,7 @@ impl Supervisor {
             // and is abandoned).
             previous.arbiter.stop();
             if let Some(child) = self.children.get_mut(&id) {
-                child.restarts = previous.restarts;
+                child.failures = previous.failures;
             }
         }
     }
@@ -248,26 +248,28 @@ impl Supervisor {
                 continue;
             };
             while child
-                .restarts
+                .failures
                 .front()
                 .is_some_and(|at| now.duration_since(*at) > window)
             {
-                child.restarts.pop_front();
+                child.failures.pop_front();
             }
             let due = match child.restart_due {
                 Some(due) => due,
                 None => {
-                    if child.restarts.len() >= threshold {
+                    // A new failure: count it, then decide between a restart and an exit.
+                    child.failures.push_back(now);
+                    if child.failures.len() >= threshold {
                         tracing::error!(
                             actor = id.label(),
-                            restarts = child.restarts.len(),
+                            failures = child.failures.len(),
                             window_s = window.as_secs(),
                             "actor is crash-looping; exiting so that the orchestrator restarts the process"
                         );
                         System::current().stop_with_code(EXIT_CRASH_LOOP);
                         return;
                     }
-                    let delay = backoff.delay(child.restarts.len() as u32);
+                    let delay = backoff.delay(child.failures.len() as u32 - 1);
                     tracing::warn!(
                         actor = id.label(),
                         restart_in_ms = delay.as_millis() as u64,
@@ -280,7 +282,6 @@ impl Supervisor {
             if now < due {
                 continue;
             }
-            child.restarts.push_back(now);
             child.restart_due = None;
             self.metrics
                 .actor_restarts

@@ -6,7 +6,6 @@ use std::collections::{HashMap, VecDeque};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::auth::authenticate;
 use crate::config::PERM_CONVERSATION_DETAIL;
@@ -17,7 +16,8 @@ use crate::state::Sim;
 struct Record {
     start_ms: i64,
     end_ms: Option<i64>,
-    body: Value,
+    /// The serialised analytics conversation (kept as text: far smaller than a `Value`).
+    body: String,
 }
 
 /// Every conversation the model started (kept up to a capacity), in start order.
@@ -40,7 +40,7 @@ impl History {
         let record = Record {
             start_ms: conv.start_ms,
             end_ms: conv.end_ms,
-            body: conv.analytics_json(),
+            body: conv.analytics_json().to_string(),
         };
         if self.records.insert(conv.id.clone(), record).is_none() {
             self.order.push_back(conv.id.clone());
@@ -159,19 +159,24 @@ pub(crate) async fn details_query(
         matches.reverse();
     }
     let total = matches.len();
-    let conversations: Vec<&Value> = matches
+    let conversations: Vec<&str> = matches
         .iter()
         .skip((page_number - 1).saturating_mul(page_size))
         .take(page_size)
-        .map(|r| &r.body)
+        .map(|r| r.body.as_str())
         .collect();
     // Like Genesys, an empty page has no `conversations` key at all.
     let body = if conversations.is_empty() {
-        serde_json::json!({ "totalHits": total })
+        format!(r#"{{"totalHits":{total}}}"#)
     } else {
-        serde_json::json!({ "conversations": conversations, "totalHits": total })
+        format!(
+            r#"{{"conversations":[{}],"totalHits":{total}}}"#,
+            conversations.join(",")
+        )
     };
-    HttpResponse::Ok().json(body)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body)
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ impl Default for SimConfig {
             branching: Branching::default(),
             socket_buffer_frames: 100_000,
             ledger_capacity: None,
-            history_capacity: 200_000,
+            history_capacity: 50_000,
             workers: 1,
         }
     }

@@ -75,8 +75,10 @@ impl SocketLink {
         match self.data.try_send(out) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(conn = self.conn_id, "socket too slow, dropping it");
-                self.abort();
+                if !*self.stop.borrow() {
+                    tracing::warn!(conn = self.conn_id, "socket too slow, dropping it");
+                    self.abort();
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     max_topics_per_channel: usize,
     /// Ledger entries kept in memory (oldest dropped first); 0 = unlimited.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 200_000)]
     ledger_limit: usize,
     /// actix worker threads per listener.
     #[arg(long, default_value_t = 1)]

@@ -47,6 +47,9 @@ pub(crate) async fn create_channel(sim: web::Data<Sim>, req: HttpRequest) -> Htt
 }
 
 /// `GET /api/v2/notifications/channels?includechannels=token|oauthclient`.
+///
+/// As the SDK documents for `oauthclient`: "Channel Ids for other access tokens will not be
+/// shown, but will be presented to show their existence": such entries carry only `expires`.
 pub(crate) async fn list_channels(sim: web::Data<Sim>, req: HttpRequest, q: Query) -> HttpResponse {
     let caller = caller!(sim, req);
     let by_client = match q.get("includechannels").map(String::as_str) {
@@ -62,7 +65,14 @@ pub(crate) async fn list_channels(sim: web::Data<Sim>, req: HttpRequest, q: Quer
     let entities: Vec<Value> = reg
         .list(|c| c.client_id == caller.client.client_id && (by_client || c.token == caller.token))
         .iter()
-        .map(|c| c.entity(&sim.ws_base_url))
+        .map(|c| {
+            let entity = c.entity(&sim.ws_base_url);
+            if c.token == caller.token {
+                entity
+            } else {
+                json!({ "expires": entity["expires"] })
+            }
+        })
         .collect();
     HttpResponse::Ok().json(json!({ "entities": entities }))
 }

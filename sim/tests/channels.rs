@@ -50,7 +50,16 @@ async fn create_list_and_head() {
     let by_client = first
         .get("/api/v2/notifications/channels?includechannels=oauthclient")
         .await;
-    assert_eq!(ids(&by_client.body), vec![id.clone(), other_id.clone()]);
+    let entities = by_client.body["entities"].as_array().unwrap();
+    assert_eq!(entities.len(), 2, "the client's channels of every token");
+    assert_eq!(entities[0]["id"], id.as_str());
+    // Another token's channel is shown to exist, without its id (the socket's only secret).
+    assert!(entities[1].get("id").is_none() && entities[1].get("connectUri").is_none());
+    assert!(entities[1]["expires"].is_string());
+    let by_client = second
+        .get("/api/v2/notifications/channels?includechannels=oauthclient")
+        .await;
+    assert_eq!(by_client.body["entities"][1]["id"], other_id.as_str());
 
     let head = first
         .call(

@@ -297,3 +297,44 @@ async fn token_revocation_sends_system_frame_then_closes() {
     assert_eq!(other.get("/api/v2/users").await.status, StatusCode::OK);
     assert!(sim.channels().iter().any(|c| c.id == other_id && c.alive));
 }
+
+#[actix_rt::test]
+async fn a_client_that_does_not_read_is_dropped() {
+    let sim = start(SimConfig {
+        rate_per_sec: 300.0,
+        agents: 60,
+        socket_buffer_frames: 10,
+        ..fast_config()
+    });
+    let api = Api::login(&sim.base_url()).await;
+    let (id, uri) = api.channel().await;
+    let mut topics = queue_topics(&sim);
+    topics.extend(
+        sim.user_ids()
+            .iter()
+            .map(|u| format!("v2.users.{u}.conversations")),
+    );
+    api.subscribe_ok(&id, &topics).await;
+    // Connect, then do not read: the socket's buffers fill up and the simulator drops it.
+    let mut socket = Socket::connect(&uri).await;
+    until("slow socket dropped", || {
+        sim.channels()
+            .iter()
+            .any(|c| c.id == id && c.connections == 1 && !c.connected)
+    })
+    .await;
+    let received_before_end = {
+        let mut n = 0usize;
+        loop {
+            match socket.next().await {
+                Seen::Text(_) => n += 1,
+                Seen::Abnormal => break n,
+                other => panic!("expected frames then an abnormal end, got {other:?}"),
+            }
+        }
+    };
+    // Everything in the ledger for this socket was delivered before the drop.
+    let in_ledger = sim.ledger_count(|e| e.channel_id == id);
+    assert_eq!(received_before_end, in_ledger);
+    assert!(sim.channels().iter().any(|c| c.id == id && c.alive));
+}

@@ -1,6 +1,6 @@
 //! Test support: a real Kafka broker (tansu) per test, the real bridge binary as a process, the
 //! simulator in-process, and waiting on conditions instead of sleeping.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod kafka;
 

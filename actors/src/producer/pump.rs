@@ -20,6 +20,7 @@ use super::KafkaSettings;
 use crate::genesys::wire::event_meta;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::socket::frames::MALFORMED;
 use crate::spool::{RecordKind, Spool, SpoolEntry};
 
 /// What travels with a record through librdkafka.
@@ -342,6 +343,13 @@ impl Pump {
                     )
                 }
             },
+            kind if kind == MALFORMED => {
+                let reason = match std::str::from_utf8(&record.payload) {
+                    Ok(_) => "malformed frame: not a notification envelope",
+                    Err(_) => "malformed frame: binary, not UTF-8",
+                };
+                return self.dead_letter(entry, "(unrouted)", reason);
+            }
             RecordKind::Gap | RecordKind::Reserved(_) => (
                 self.settings.status_topic.clone(),
                 Some(format!("shard-{}", record.shard)),

@@ -10,7 +10,11 @@ use chrono::Utc;
 use super::{dedup, SocketActor};
 use crate::genesys::wire::{classify_frame, FrameKind};
 use crate::metrics::Metrics;
-use crate::spool::Record;
+use crate::spool::{Record, RecordKind};
+
+/// Spool record kind of a frame that is not a notification envelope (binary, not JSON, no
+/// topic): the producer sends it straight to the dead-letter destination.
+pub const MALFORMED: RecordKind = RecordKind::Reserved(2);
 
 impl SocketActor {
     pub(super) fn on_frame(&mut self, conn_id: u64, frame: ws::Frame, ctx: &mut Context<Self>) {
@@ -78,6 +82,9 @@ impl SocketActor {
     fn on_message(&mut self, conn_id: u64, data: Bytes, is_text: bool, ctx: &mut Context<Self>) {
         let now = Utc::now();
         self.last_frame_wall = Some(now);
+        if self.is_current(conn_id) {
+            self.last_sign_of_life = Some(Instant::now());
+        }
         self.on_first_frame(conn_id, ctx);
         self.report_seen(false);
         let kind = if is_text {
@@ -137,7 +144,13 @@ impl SocketActor {
                 // destination, where it can be inspected.
                 self.metrics.frames_malformed.inc();
                 tracing::warn!(shard = self.shard, error = %error, bytes = data.len(), "malformed frame; dead-lettering it");
-                self.deliver(conn_id, data, now.timestamp_millis(), ctx);
+                let record = Record {
+                    kind: MALFORMED,
+                    shard: self.shard,
+                    received_at_ms: now.timestamp_millis(),
+                    payload: data,
+                };
+                self.append(record, ctx);
             }
         }
     }

@@ -137,6 +137,7 @@ impl SocketActor {
             }
             _ => {
                 self.current = Some(conn);
+                self.last_sign_of_life = Some(Instant::now());
                 self.failures = 0;
                 self.health
                     .shard(self.shard, |s| s.phase = ShardPhase::Streaming);
@@ -296,6 +297,7 @@ impl SocketActor {
         }
         let trigger = self.rollover_trigger.take().unwrap_or("rollover");
         let old = self.current.replace(next);
+        self.last_sign_of_life = Some(Instant::now());
         self.rollover_failures = 0;
         self.dedup.end_overlap(Instant::now());
         if let Some(old) = old {
@@ -352,6 +354,7 @@ impl SocketActor {
         if let Some(next) = self.next.take() {
             // A rollover candidate is connected and subscribed: it takes over at once.
             self.current = Some(next);
+            self.last_sign_of_life = Some(Instant::now());
             self.close_conn(lost, ctx);
             self.metrics
                 .rollovers

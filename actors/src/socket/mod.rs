@@ -11,7 +11,7 @@
 
 pub mod conn;
 pub mod dedup;
-mod frames;
+pub mod frames;
 mod lifecycle;
 
 use std::sync::Arc;
@@ -120,6 +120,8 @@ pub struct SocketActor {
     gap: Option<OpenGap>,
     last_frame_wall: Option<DateTime<Utc>>,
     last_seen_report: Option<Instant>,
+    /// The last frame on the current socket, or when it connected.
+    last_sign_of_life: Option<Instant>,
     dedup: dedup::Dedup,
     expiry_timer: Option<SpawnHandle>,
     rollover_deadline: Option<SpawnHandle>,
@@ -166,6 +168,7 @@ impl SocketActor {
             gap: None,
             last_frame_wall: None,
             last_seen_report: None,
+            last_sign_of_life: None,
             dedup,
             expiry_timer: None,
             rollover_deadline: None,
@@ -177,6 +180,8 @@ impl SocketActor {
         }
     }
 
+    /// Tells the heartbeat watchdog when the live socket last showed a sign of life.
+    /// Coalesced: at most one report per quarter ping interval unless `force`d.
     fn report_seen(&mut self, force: bool) {
         let now = Instant::now();
         let due = self
@@ -185,12 +190,15 @@ impl SocketActor {
         if !(due || force) {
             return;
         }
+        let Some(at) = self.last_sign_of_life else {
+            return;
+        };
         self.last_seen_report = Some(now);
         // Refused when full: harmless, the next report carries the same news.
         let _ = self.peers.heartbeat.try_send(
             FrameSeen {
                 shard: self.shard,
-                at: now,
+                at,
             },
             &self.metrics,
         );

@@ -1,0 +1,100 @@
+{{/*
+bridge.toml, rendered from the values. Strings go through toJson (a JSON string is a valid TOML
+basic string), integers through int64 (YAML numbers arrive as floats), durations are strings.
+spool.dir and http.listen come from the pod layout, not from free-form values.
+*/}}
+{{- define "gkb.config" -}}
+{{- $g := .Values.genesys -}}
+{{- $t := .Values.topics -}}
+{{- $k := .Values.kafka -}}
+{{- $sp := .Values.spool -}}
+{{- $so := .Values.socket -}}
+{{- $su := .Values.supervisor -}}
+# genesys-kafka-bridge configuration, rendered by the Helm chart {{ include "gkb.chart" . }}.
+# Every key: config/bridge.example.toml. Credentials come from GENESYS_CLIENT_ID_FILE and
+# GENESYS_CLIENT_SECRET_FILE (a mounted Secret), never from this file.
+
+[genesys]
+{{- if and $g.apiUrl $g.loginUrl }}
+api_url = {{ toJson $g.apiUrl }}
+login_url = {{ toJson $g.loginUrl }}
+{{- else }}
+region = {{ toJson $g.region }}
+{{- end }}
+request_timeout = {{ toJson $g.requestTimeout }}
+token_refresh_margin = {{ toJson $g.tokenRefreshMargin }}
+token_min_refresh_interval = {{ toJson $g.tokenMinRefreshInterval }}
+
+[topics]
+explicit = {{ toJson $t.explicit }}
+templates = [
+{{- range $t.templates }}
+  { template = {{ toJson .template }}{{ with .name }}, name = {{ toJson . }}{{ end }}{{ with .divisions }}, divisions = {{ toJson . }}{{ end }} },
+{{- end }}
+]
+per_channel = {{ $t.perChannel | int64 }}
+channel_budget = {{ $t.channelBudget | int64 }}
+refresh_interval = {{ toJson $t.refreshInterval }}
+
+[kafka]
+default_topic = {{ toJson $k.defaultTopic }}
+status_topic = {{ toJson $k.statusTopic }}
+{{- with $k.deadLetterTopic }}
+dead_letter_topic = {{ toJson . }}
+{{- end }}
+{{- with $k.deadLetterFile }}
+dead_letter_file = {{ toJson . }}
+{{- end }}
+max_in_flight = {{ $k.maxInFlight | int64 }}
+routes = [
+{{- range $k.routes }}
+  { pattern = {{ toJson .pattern }}, topic = {{ toJson .topic }} },
+{{- end }}
+]
+
+[kafka.properties]
+"bootstrap.servers" = {{ toJson $k.bootstrapServers }}
+{{- range $name, $value := $k.properties }}
+{{ toJson $name }} = {{ include "gkb.propertyValue" $value }}
+{{- end }}
+
+[spool]
+dir = {{ include "gkb.spoolDir" . | toJson }}
+segment_bytes = {{ $sp.segmentBytes | int64 }}
+max_bytes = {{ include "gkb.spoolMaxBytes" . }}
+fsync_interval = {{ toJson $sp.fsyncInterval }}
+fsync_every_records = {{ $sp.fsyncEveryRecords | int64 }}
+when_full = {{ toJson $sp.whenFull }}
+
+[socket]
+ping_interval = {{ toJson $so.pingInterval }}
+dead_after = {{ toJson $so.deadAfter }}
+rollover_margin = {{ toJson $so.rolloverMargin }}
+rollover_timeout = {{ toJson $so.rolloverTimeout }}
+max_frame_bytes = {{ $so.maxFrameBytes | int64 }}
+dedup_capacity = {{ $so.dedupCapacity | int64 }}
+dedup_window = {{ toJson $so.dedupWindow }}
+
+[socket.backoff]
+min = {{ toJson $so.backoff.min }}
+max = {{ toJson $so.backoff.max }}
+jitter = {{ include "gkb.float" $so.backoff.jitter }}
+
+[http]
+listen = {{ printf "%s:%d" (ternary (printf "[%s]" .Values.http.listenAddress) .Values.http.listenAddress (contains ":" .Values.http.listenAddress)) (.Values.http.port | int64) | toJson }}
+liveness_deadline = {{ toJson .Values.http.livenessDeadline }}
+
+[log]
+format = {{ toJson .Values.log.format }}
+level = {{ toJson .Values.log.level }}
+
+[supervisor]
+crash_threshold = {{ $su.crashThreshold | int64 }}
+crash_window = {{ toJson $su.crashWindow }}
+shutdown_deadline = {{ toJson $su.shutdownDeadline }}
+
+[supervisor.restart_backoff]
+min = {{ toJson $su.restartBackoff.min }}
+max = {{ toJson $su.restartBackoff.max }}
+jitter = {{ include "gkb.float" $su.restartBackoff.jitter }}
+{{- end -}}

@@ -1,0 +1,117 @@
+//! Topic sets: expanded from the org, split into channels of at most 1,000 topics, refused when
+//! they would need more channels than allowed.
+
+mod support;
+
+use std::time::Duration;
+
+use genesys_sim::{SimConfig, Simulator};
+use support::*;
+
+#[test]
+fn twenty_five_hundred_queue_topics_stream_over_three_channels() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        queues: 2500,
+        agents: 10,
+        rate_per_sec: 2.0,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[topics]
+templates = [{ template = "v2.routing.queues.{id}.conversations" }]
+"#;
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), extra),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(60));
+    let live: Vec<_> = sim
+        .channels()
+        .into_iter()
+        .filter(|c| c.alive && c.connected)
+        .collect();
+    let mut sizes: Vec<usize> = live.iter().map(|c| c.topics.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![500, 1000, 1000]);
+    let status = bridge.status();
+    assert_eq!(status["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(bridge.metric("genesys_bridge_topics_subscribed"), 2500.0);
+}
+
+#[test]
+fn a_topic_set_needing_21_channels_fails_at_startup() {
+    let sim = Simulator::start(SimConfig {
+        queues: 2001,
+        agents: 5,
+        rate_per_sec: 0.0,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[topics]
+per_channel = 100
+templates = [{ template = "v2.routing.queues.{id}.conversations" }]
+"#;
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), "127.0.0.1:9", extra),
+        &[],
+    );
+    let code = bridge.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(78), "EX_CONFIG for an unstreamable topic set");
+    let logs = bridge.logs().join("\n");
+    assert!(logs.contains("need 21 channels"), "{logs}");
+    assert!(
+        sim.channels().is_empty(),
+        "no channel was created for a topic set that cannot be streamed"
+    );
+}
+
+#[test]
+fn new_queues_are_picked_up_by_re_expansion() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        queues: 3,
+        agents: 5,
+        rate_per_sec: 0.0,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[topics]
+refresh_interval = "300ms"
+templates = [{ template = "v2.routing.queues.{id}.conversations" }]
+"#;
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), extra),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    let added = sim.add_queue("Brand new queue");
+    let topic = format!("v2.routing.queues.{added}.conversations");
+    wait_until(
+        "a live channel subscribed to the new queue",
+        Duration::from_secs(30),
+        || {
+            sim.channels()
+                .iter()
+                .any(|c| c.alive && c.connected && c.topics.contains(&topic))
+        },
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    let live = sim
+        .channels()
+        .into_iter()
+        .filter(|c| c.alive && c.connected)
+        .count();
+    assert_eq!(live, 1, "the rollover closed the old socket");
+}
