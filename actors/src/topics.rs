@@ -112,9 +112,8 @@ pub async fn expand(
         let Some(source) = template.source() else {
             continue; // refused by config validation
         };
-        if !listed.contains_key(&source) {
-            let entities = client.list_all(token, source.path()).await?;
-            listed.insert(source, entities);
+        if let std::collections::hash_map::Entry::Vacant(slot) = listed.entry(source) {
+            slot.insert(client.list_all(token, source.path()).await?);
         }
         for entity in &listed[&source] {
             if template.selects(entity) {

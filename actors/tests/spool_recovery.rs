@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use genesys_actors::spool::{
@@ -21,6 +22,20 @@ const FRAME: u64 = (RECORD_HEADER_BYTES + PAYLOAD) as u64;
 const HEADER: u64 = SEGMENT_HEADER_BYTES as u64;
 /// With 4 KiB segments: (4096 - 16) / 129 = 31 records per segment.
 const PER_SEGMENT: u64 = 31;
+
+/// Spawning a child process briefly duplicates every open descriptor of this test process
+/// (between fork and exec), the spool lock files of concurrently running tests included, and
+/// an `flock` lasts as long as any duplicate: a test reopening its spool in that window would
+/// find it locked. Tests that spawn take this exclusively; the others share it.
+static SPAWN_GUARD: RwLock<()> = RwLock::new(());
+
+fn no_spawn_in_flight() -> RwLockReadGuard<'static, ()> {
+    SPAWN_GUARD.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn spawning() -> RwLockWriteGuard<'static, ()> {
+    SPAWN_GUARD.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn config(dir: &Path, segment_bytes: u64) -> SpoolConfig {
     SpoolConfig {
@@ -93,6 +108,7 @@ fn file_len(path: &Path) -> u64 {
 
 #[test]
 fn torn_tail_mid_record_is_cut_and_every_earlier_record_delivered() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 1 << 20, 5);
     let path = segment_path(dir.path(), 1);
@@ -121,12 +137,13 @@ fn torn_tail_mid_record_is_cut_and_every_earlier_record_delivered() {
     assert_payloads_intact(&entries);
     assert_eq!(spool.stats().corrupt_cut_total, 1);
     // Appends continue after the cut.
-    spool.append(&fixed_event(5)).expect("append");
+    let _ = spool.append(&fixed_event(5)).expect("append");
     assert_eq!(seqs(&read_all(&spool, 1)), vec![1, 2, 3, 4, 5]);
 }
 
 #[test]
 fn torn_length_prefix_is_cut() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 1 << 20, 3);
     let path = segment_path(dir.path(), 1);
@@ -142,6 +159,7 @@ fn torn_length_prefix_is_cut() {
 
 #[test]
 fn garbage_after_the_last_record_is_cut() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 1 << 20, 5);
     let path = segment_path(dir.path(), 1);
@@ -161,6 +179,7 @@ fn garbage_after_the_last_record_is_cut() {
 
 #[test]
 fn flipped_crc_cuts_from_that_record_and_counts_the_frames_after_it() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 1 << 20, 5);
     let path = segment_path(dir.path(), 1);
@@ -186,6 +205,7 @@ fn flipped_crc_cuts_from_that_record_and_counts_the_frames_after_it() {
 
 #[test]
 fn corruption_in_a_middle_segment_loses_only_the_rest_of_that_segment() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 4096, 100);
     // Segments start at 1, 32, 63, 94. Damage the payload of seq 40 (8th record of segment 32).
@@ -217,6 +237,7 @@ fn corruption_in_a_middle_segment_loses_only_the_rest_of_that_segment() {
 
 #[test]
 fn a_middle_segment_with_a_damaged_header_is_removed_and_reported() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 4096, 100);
     let second = segment_path(dir.path(), 1 + PER_SEGMENT);
@@ -232,6 +253,7 @@ fn a_middle_segment_with_a_damaged_header_is_removed_and_reported() {
 
 #[test]
 fn a_torn_segment_creation_is_removed_and_appends_continue() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 4096, 40);
     let torn = segment_path(dir.path(), 41);
@@ -250,6 +272,7 @@ fn a_torn_segment_creation_is_removed_and_appends_continue() {
 
 #[test]
 fn a_segment_of_a_newer_format_version_is_refused_untouched() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 1 << 20, 3);
     let path = segment_path(dir.path(), 1);
@@ -267,6 +290,7 @@ fn a_segment_of_a_newer_format_version_is_refused_untouched() {
 
 #[test]
 fn corrupt_committed_file_falls_back_to_the_first_record_on_disk() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (spool, _) = Spool::open(config(dir.path(), 4096)).expect("open");
@@ -303,6 +327,7 @@ fn corrupt_committed_file_falls_back_to_the_first_record_on_disk() {
 
 #[test]
 fn missing_committed_file_replays_everything_on_disk() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 4096, 10);
     std::fs::remove_file(dir.path().join("committed.pos")).expect("remove");
@@ -314,6 +339,7 @@ fn missing_committed_file_replays_everything_on_disk() {
 
 #[test]
 fn seqs_never_go_back_when_data_is_lost_behind_the_committed_position() {
+    let _shared = no_spawn_in_flight();
     // As after a power loss: the committed position (fsynced) is ahead of the segment data
     // that survived.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -343,6 +369,7 @@ fn seqs_never_go_back_when_data_is_lost_behind_the_committed_position() {
 
 #[test]
 fn corruption_found_while_reading_is_cut_and_reading_continues() {
+    let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     let (spool, _) = Spool::open(config(dir.path(), 1 << 20)).expect("open");
     for n in 1..=10 {
@@ -389,12 +416,13 @@ fn child_command(test_name: &str, dir: &Path) -> Command {
     command
 }
 
-/// Reads the child's stdout until a line starting with `prefix`; returns the rest of it.
+/// Reads the child's stdout until a line containing `prefix`; returns what follows it.
 fn wait_for_line(stdout: impl std::io::Read, prefix: &str) -> String {
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("child stdout");
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return rest.trim().to_string();
+        // libtest may print "test name ... " on the same line before the child's output.
+        if let Some(start) = line.find(prefix) {
+            return line[start + prefix.len()..].trim().to_string();
         }
     }
     panic!("child exited without printing {prefix}");
@@ -402,6 +430,7 @@ fn wait_for_line(stdout: impl std::io::Read, prefix: &str) -> String {
 
 #[test]
 fn sigkill_after_append_loses_nothing_and_replays_after_the_persisted_position() {
+    let _exclusive = spawning();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = child_command("child_appends_then_waits_for_sigkill", dir.path())
         .spawn()
@@ -445,7 +474,7 @@ fn child_appends_then_waits_for_sigkill() {
     for seq in 101..=200 {
         spool.ack(seq).expect("ack");
     }
-    println!("READY 500");
+    println!("\nREADY 500");
     std::io::stdout().flush().expect("flush");
     loop {
         std::thread::park();
@@ -454,6 +483,7 @@ fn child_appends_then_waits_for_sigkill() {
 
 #[test]
 fn a_write_failing_half_way_is_truncated_back_and_reported_as_io() {
+    let _exclusive = spawning();
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("test binary");
     // RLIMIT_FSIZE makes writes past ~128 KiB fail with EFBIG (SIGXFSZ ignored, which exec
@@ -525,6 +555,6 @@ fn child_appends_until_the_file_size_limit() {
     assert!(spool.append(&record).is_err());
     assert_eq!(file_len(&path), HEADER + appended * frame);
     assert_eq!(spool.next_seq(), appended + 1);
-    println!("APPENDED {appended}");
+    println!("\nAPPENDED {appended}");
     std::io::stdout().flush().expect("flush");
 }

@@ -120,7 +120,9 @@ pub(crate) enum Refusal {
     Dead(ChannelDeath),
 }
 
-const DEAD_KEPT: usize = 10_000;
+/// Dead channels remembered (for upgrade refusals and `channels()`); older ones are forgotten
+/// and then answer 404 like unknown ids.
+const DEAD_KEPT: usize = 2_000;
 
 pub(crate) struct Registry {
     live: HashMap<String, Channel>,

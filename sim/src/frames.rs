@@ -49,6 +49,8 @@ pub(crate) struct SystemMessage {
     pub system_topic_type: String,
     pub correlation_id: String,
     pub organization_id: String,
+    /// Channels made with client credentials have no user.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     pub oauth_client_id: String,
     pub reason: String,

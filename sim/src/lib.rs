@@ -32,6 +32,7 @@ mod ledger;
 mod link;
 mod model;
 mod rest;
+mod rest_faults;
 mod server;
 mod state;
 mod topics;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::SimConfig;
 use crate::engine::{Engine, EngineCmd};
 use crate::state::{run_janitor, Sim};
-use crate::{analytics, auth, control, faults, rest, ws};
+use crate::{analytics, auth, control, faults, rest, rest_faults, ws};
 
 /// Largest request body accepted (subscription lists of well over 1,000 topics must reach the
 /// handler, which answers 400, rather than being cut off with 413).
@@ -111,7 +111,7 @@ async fn serve(
             .app_data(rest_data.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .app_data(web::JsonConfig::default().limit(MAX_BODY))
-            .wrap(from_fn(faults::rest_fault_layer))
+            .wrap(from_fn(rest_faults::rest_fault_layer))
             .configure(rest_routes)
     })
     .workers(workers)

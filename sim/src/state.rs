@@ -16,11 +16,11 @@ use crate::channels::{ChannelDeath, Registry};
 use crate::config::{SimClient, SimConfig};
 use crate::directory::Directory;
 use crate::engine::EngineCmd;
-use crate::faults::RestFaults;
 use crate::frames::{self, SystemMessage};
 use crate::ids;
 use crate::ledger::Ledger;
 use crate::link::SocketCtl;
+use crate::rest_faults::RestFaults;
 
 /// How often the janitor checks token and channel lifetimes.
 pub(crate) const JANITOR_TICK: Duration = Duration::from_millis(20);

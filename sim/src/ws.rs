@@ -141,11 +141,12 @@ impl SocketTask {
                     None => Err(End::Abort),
                 },
                 msg = stream.recv() => self.on_client(msg).await,
+                // Before events, so that a busy socket still gets its heartbeat on time.
+                _ = heartbeat.tick() => self.on_heartbeat().await,
                 out = data_rx.recv() => match out {
                     Some(out) => self.on_event(out).await,
                     None => Err(End::Abort),
                 },
-                _ = heartbeat.tick() => self.on_heartbeat().await,
             };
             if let Err(end) = step {
                 break end;

@@ -1,8 +1,6 @@
 //! The library and binary surfaces: handle traits, start/stop from any harness, config
 //! validation, the binary's flags and start-up line.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

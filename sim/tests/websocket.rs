@@ -296,6 +296,22 @@ async fn token_revocation_sends_system_frame_then_closes() {
     other_socket.next_json_where(is_heartbeat).await;
     assert_eq!(other.get("/api/v2/users").await.status, StatusCode::OK);
     assert!(sim.channels().iter().any(|c| c.id == other_id && c.alive));
+    // From the library, by client: only the remaining valid token is revoked.
+    assert_eq!(sim.faults().revoke_client_tokens("sim-client"), 1);
+    other_socket
+        .next_json_where(|v| {
+            v["topicName"] == format!("v2.system.token_revoked.{other_id}").as_str()
+        })
+        .await;
+    assert!(matches!(
+        other_socket.end().await,
+        Seen::Close(Some((1000, _)))
+    ));
+    assert_eq!(
+        other.get("/api/v2/users").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(!sim.faults().revoke_token(&other.token), "already revoked");
 }
 
 #[actix_rt::test]

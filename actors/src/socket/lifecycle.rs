@@ -22,14 +22,19 @@ impl SocketActor {
     }
 
     pub(super) fn is_live(&self, conn_id: u64) -> bool {
-        self.is_current(conn_id) || self.next.as_ref().is_some_and(|c| c.id == conn_id)
+        self.is_current(conn_id)
+            || self.next.as_ref().is_some_and(|c| c.id == conn_id)
+            || self.draining.iter().any(|c| c.id == conn_id)
     }
 
     pub(super) fn conn_mut(&mut self, conn_id: u64) -> Option<&mut Conn> {
         if self.is_current(conn_id) {
             return self.current.as_mut();
         }
-        self.next.as_mut().filter(|c| c.id == conn_id)
+        if self.next.as_ref().is_some_and(|c| c.id == conn_id) {
+            return self.next.as_mut();
+        }
+        self.draining.iter_mut().find(|c| c.id == conn_id)
     }
 
     /// Gets the shard a socket after a start or a loss.
@@ -301,7 +306,7 @@ impl SocketActor {
         self.rollover_failures = 0;
         self.dedup.end_overlap(Instant::now());
         if let Some(old) = old {
-            self.close_conn(old, ctx);
+            self.retire_conn(old, ctx);
         }
         self.metrics
             .rollovers
@@ -332,6 +337,12 @@ impl SocketActor {
         reason: &'static str,
         ctx: &mut Context<Self>,
     ) {
+        if let Some(index) = self.draining.iter().position(|c| c.id == conn_id) {
+            // A retired socket finished its close handshake: nothing more can arrive on it.
+            let conn = self.draining.swap_remove(index);
+            self.close_conn(conn, ctx);
+            return;
+        }
         if self.next.as_ref().is_some_and(|c| c.id == conn_id) {
             if let Some(next) = self.next.take() {
                 self.close_conn(next, ctx);
@@ -400,6 +411,23 @@ impl SocketActor {
             actor.retry_timer = None;
             actor.connect_primary(ctx);
         }));
+    }
+
+    /// Closes a replaced socket gracefully: a close frame goes out, but its stream is read until
+    /// the server's close, so frames already on the wire are delivered (deduplicated against
+    /// the new socket), not cut off. Forced after `rollover_timeout`.
+    fn retire_conn(&mut self, mut conn: Conn, ctx: &mut Context<Self>) {
+        let _ = conn.sink.write(awc::ws::Message::Close(Some(
+            awc::ws::CloseCode::Normal.into(),
+        )));
+        let conn_id = conn.id;
+        self.draining.push(conn);
+        ctx.run_later(self.settings.rollover_timeout, move |actor, ctx| {
+            if let Some(index) = actor.draining.iter().position(|c| c.id == conn_id) {
+                let conn = actor.draining.swap_remove(index);
+                actor.close_conn(conn, ctx);
+            }
+        });
     }
 
     pub(super) fn close_conn(&mut self, mut conn: Conn, ctx: &mut Context<Self>) {

@@ -113,6 +113,8 @@ pub struct SocketActor {
     next_conn_id: u64,
     current: Option<Conn>,
     next: Option<Conn>,
+    /// Replaced sockets still delivering what was on the wire before their close.
+    draining: Vec<Conn>,
     establishing: Establishing,
     /// Consecutive failures, for the backoff.
     failures: u32,
@@ -162,6 +164,7 @@ impl SocketActor {
             next_conn_id: 1,
             current: None,
             next: None,
+            draining: Vec::new(),
             establishing: Establishing::None,
             failures: 0,
             rollover_failures: 0,

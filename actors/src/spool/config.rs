@@ -7,8 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::SpoolError;
-use super::record::RECORD_HEADER_BYTES;
-use super::segment::SEGMENT_HEADER_BYTES;
 
 /// Bytes of `max_bytes` that only gap/status records may use, so that the one gap record that
 /// reports dropped frames can still be written when the spool is full of events.
@@ -126,13 +124,6 @@ impl SpoolConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The largest payload an event append can ever store with this configuration.
-    pub fn max_event_payload(&self) -> u64 {
-        let event_room = self.max_bytes - GAP_HEADROOM_BYTES - SEGMENT_HEADER_BYTES as u64;
-        let limit = event_room.saturating_sub(RECORD_HEADER_BYTES as u64);
-        limit.min(super::record::MAX_PAYLOAD_BYTES as u64)
     }
 }
 

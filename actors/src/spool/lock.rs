@@ -3,6 +3,11 @@
 //! `flock` (unlike a pid file) is released by the kernel when the process dies, SIGKILL
 //! included, so a crash never leaves a stale lock. It is per open file description, so a second
 //! `Spool::open` of the same directory inside one process is refused too.
+//!
+//! Caveat: a child process spawned while the spool is open holds a duplicate of the descriptor
+//! between `fork` and `exec` (all spool files are close-on-exec), so in that short window a
+//! closed spool still counts as locked. The bridge spawns no children; the recovery tests, which
+//! do, serialise around it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -21,7 +26,6 @@ pub(crate) struct DirLock {
 /// Takes the lock of `dir` without waiting.
 // `File::try_lock` is stable since Rust 1.89; the workspace declares 1.85 but builds with a
 // newer toolchain. The alternative, an O_EXCL pid file, goes stale on SIGKILL.
-#[allow(clippy::incompatible_msrv)]
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, SpoolError> {
     let lock_path: PathBuf = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()

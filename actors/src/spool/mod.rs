@@ -256,7 +256,7 @@ impl Spool {
     /// segments are deleted, so this waits for Kafka.
     pub async fn wait_for_space(&self, payload_len: usize) -> Result<(), SpoolError> {
         let shared = self.shared();
-        shared.check_payload_size(payload_len)?;
+        shared.check_payload_size(RecordKind::Event, payload_len)?;
         loop {
             let mut notified = pin!(shared.space_freed.notified());
             notified.as_mut().enable();

@@ -9,10 +9,12 @@ use super::record::{decode_frame, FrameError, SpoolEntry};
 use super::state::{ReadCursor, SegmentView};
 use super::Shared;
 
-/// Smallest read; one `pread` usually covers a whole batch of small frames.
+/// Smallest read: enough for the skip from an index entry (at most 64 KiB) plus a record.
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
-/// Largest read unless a single frame is bigger.
-const MAX_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// Largest read unless a single frame is bigger; a batch needing more reads again.
+const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// Per-record guess used to size the first read of a batch (Genesys frames are mostly smaller).
+const TYPICAL_FRAME_BYTES: usize = 4 * 1024;
 
 /// Whether a read moves the producer's cursor (the stats peek must not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +56,12 @@ impl Shared {
         if max_records == 0 {
             return Ok(batch.entries);
         }
-        let chunk_bytes = max_bytes
+        // Sized to the batch, so `read_batch(seq, 1, usize::MAX)` does not read a megabyte.
+        let chunk_bytes = max_records
+            .saturating_mul(TYPICAL_FRAME_BYTES)
+            .min(max_bytes)
             .saturating_add(MIN_CHUNK_BYTES)
-            .clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
+            .min(MAX_CHUNK_BYTES);
         let mut wanted = from_seq;
         let mut last_position = None;
         loop {

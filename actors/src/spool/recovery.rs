@@ -119,9 +119,19 @@ pub(crate) fn recover(config: &SpoolConfig) -> Result<Recovered, SpoolError> {
             None
         }
     };
-    remove_if_present(&dir.join(COMMITTED_TMP_FILE))?;
-
     let listed = list_segments(dir)?;
+    // Refuse a newer format before changing anything on disk.
+    for (first_seq, path) in &listed {
+        let header = read_header(path)?;
+        if let HeaderCheck::UnsupportedVersion(found) = check_segment_header(&header, *first_seq) {
+            return Err(SpoolError::UnsupportedVersion {
+                file: path.clone(),
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+    }
+    remove_if_present(&dir.join(COMMITTED_TMP_FILE))?;
     if known_committed.is_none() && !listed.is_empty() {
         tracing::warn!(dir = %dir.display(), "spool has segments but no committed position; replaying all");
     }
@@ -293,10 +303,7 @@ fn recover_segment(
         .metadata()
         .map_err(|error| io_error("reading metadata of", error))?
         .len();
-    let header_len = file_len.min(SEGMENT_HEADER_BYTES as u64) as usize;
-    let mut header = vec![0; header_len];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|error| io_error("reading header of", error))?;
+    let header = read_header(path)?;
     match check_segment_header(&header, first_seq) {
         HeaderCheck::Valid => {}
         HeaderCheck::UnsupportedVersion(found) => {
@@ -446,7 +453,7 @@ fn count_frames_from(file: &File, offset: u64, file_len: u64) -> io::Result<(u64
     let mut framed = 0;
     let mut max_seq = None;
     let mut frame = Vec::new();
-    while file_len - position >= 4 {
+    while file_len.saturating_sub(position) >= 4 {
         let mut prefix = [0; 4];
         file.read_exact_at(&mut prefix, position)?;
         let Ok(frame_len) = frame_len_from_prefix(prefix) else {
@@ -464,6 +471,18 @@ fn count_frames_from(file: &File, offset: u64, file_len: u64) -> io::Result<(u64
         position += frame_len as u64;
     }
     Ok((framed, max_seq))
+}
+
+/// The first (up to) 16 bytes of a segment file.
+fn read_header(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_BYTES);
+    File::open(path)
+        .and_then(|file| {
+            file.take(SEGMENT_HEADER_BYTES as u64)
+                .read_to_end(&mut header)
+        })
+        .map_err(|error| SpoolError::io(format!("reading header of {}", path.display()), error))?;
+    Ok(header)
 }
 
 fn remove_if_present(path: &Path) -> Result<(), SpoolError> {

@@ -4,13 +4,24 @@ use std::sync::atomic::Ordering;
 
 use super::config::{WhenFull, GAP_HEADROOM_BYTES};
 use super::error::SpoolError;
-use super::record::{frame_len, Record, RecordKind, UnsealedRecord};
+use super::record::{
+    frame_len, Record, RecordKind, UnsealedRecord, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
+};
 use super::segment::SEGMENT_HEADER_BYTES;
 use super::{AppendOutcome, Shared};
 
 impl Shared {
-    pub(crate) fn check_payload_size(&self, payload_len: usize) -> Result<(), SpoolError> {
-        let limit_bytes = self.config.max_event_payload();
+    /// Refuses a payload that could not fit even in an empty spool.
+    pub(crate) fn check_payload_size(
+        &self,
+        kind: RecordKind,
+        payload_len: usize,
+    ) -> Result<(), SpoolError> {
+        let fixed_bytes = (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64;
+        let limit_bytes = self
+            .cap_for(kind)
+            .saturating_sub(fixed_bytes)
+            .min(MAX_PAYLOAD_BYTES as u64);
         let payload_bytes = payload_len as u64;
         if payload_bytes > limit_bytes {
             return Err(SpoolError::RecordTooLarge {
@@ -38,7 +49,7 @@ impl Shared {
     }
 
     pub(crate) fn append(&self, record: &Record) -> Result<AppendOutcome, SpoolError> {
-        self.check_payload_size(record.payload.len())?;
+        self.check_payload_size(record.kind, record.payload.len())?;
         // Encode and checksum the payload before taking the lock.
         let mut unsealed = UnsealedRecord::new(record);
         let frame_bytes = unsealed.len() as u64;

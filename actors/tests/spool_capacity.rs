@@ -1,0 +1,237 @@
+//! The disk cap with both policies, the gap-record headroom, and waiting for space.
+//!
+//! Sizes: 4 KiB segments, `max_bytes` = 2 * 4 KiB + 64 KiB, so events may use 8 KiB. Frames of
+//! 1 KiB payload are 1053 bytes; three fit in a segment (16 + 3 * 1053 = 3175), so after seven
+//! events (two full segments and one frame: 2 * 3175 + 16 + 1053 = 7419) the eighth would pass
+//! 8192.
+
+use std::path::Path;
+use std::time::Duration;
+
+use genesys_actors::spool::{
+    AppendOutcome, DroppedSpan, Record, Spool, SpoolConfig, SpoolError, WhenFull,
+    GAP_HEADROOM_BYTES,
+};
+
+const PAYLOAD: usize = 1024;
+const FITS: u64 = 7;
+
+fn capped_config(dir: &Path, when_full: WhenFull) -> SpoolConfig {
+    SpoolConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes: 4096,
+        max_bytes: 2 * 4096 + GAP_HEADROOM_BYTES,
+        fsync_interval: Duration::from_millis(20),
+        fsync_every_records: 1000,
+        when_full,
+    }
+}
+
+fn event(n: u64) -> Record {
+    Record::event(0, 1_000 + n as i64, vec![b'e'; PAYLOAD])
+}
+
+fn fill_to_the_cap(spool: &Spool) {
+    for n in 1..=FITS {
+        let outcome = spool.append(&event(n)).expect("append below the cap");
+        assert!(matches!(outcome, AppendOutcome::Appended { seq, .. } if seq == n));
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn block_policy_refuses_events_but_keeps_room_for_gap_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::Block)).expect("open");
+    fill_to_the_cap(&spool);
+    let bytes_before = spool.stats().bytes_on_disk;
+
+    let error = spool.append(&event(8)).expect_err("full");
+    assert!(matches!(error, SpoolError::Full { .. }), "{error}");
+    assert!(error.to_string().contains("full"), "{error}");
+    let error = spool.append(&event(9)).expect_err("still full");
+    assert!(matches!(error, SpoolError::Full { .. }));
+    let stats = spool.stats();
+    assert_eq!(stats.full_refusals, 2);
+    assert_eq!(
+        stats.bytes_on_disk, bytes_before,
+        "a refused append stores nothing"
+    );
+    assert_eq!(stats.next_seq, FITS + 1, "a refused append takes no seq");
+    assert!(stats.bytes_on_disk <= spool.config().max_bytes);
+
+    // Gap records may use the headroom.
+    let gap = Record::gap(0, 2_000, &b"{\"gap\":\"socket down\"}"[..]);
+    let outcome = spool.append(&gap).expect("gap fits in the headroom");
+    assert!(matches!(outcome, AppendOutcome::Appended { seq, .. } if seq == FITS + 1));
+    // ... but not without limit.
+    let big_gap = Record::gap(0, 2_001, vec![b'g'; 60 * 1024]);
+    let _ = spool.append(&big_gap).expect("still within the headroom");
+    let error = spool.append(&big_gap).expect_err("headroom used up");
+    assert!(matches!(error, SpoolError::Full { .. }));
+    assert!(spool.stats().bytes_on_disk <= spool.config().max_bytes);
+}
+
+#[test]
+fn acks_free_space_and_wake_a_blocked_appender() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = capped_config(dir.path(), WhenFull::Block);
+    // Only acks (which kick the syncer when the spool is full) can free space in time.
+    config.fsync_interval = Duration::from_secs(3600);
+    let (spool, _) = Spool::open(config).expect("open");
+    fill_to_the_cap(&spool);
+    assert!(matches!(
+        spool.append(&event(8)),
+        Err(SpoolError::Full { .. })
+    ));
+
+    let waiter = {
+        let spool = spool.clone();
+        std::thread::spawn(move || {
+            runtime().block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), spool.wait_for_space(PAYLOAD))
+                    .await
+                    .expect("space within 10 s")
+                    .expect("payload can fit");
+            });
+        })
+    };
+    // The Kafka side catches up.
+    for seq in 1..=FITS {
+        spool.ack(seq).expect("ack");
+    }
+    waiter.join().expect("waiter");
+    let outcome = spool.append(&event(8)).expect("room again");
+    assert!(matches!(outcome, AppendOutcome::Appended { seq: 8, .. }));
+}
+
+#[test]
+fn when_everything_is_acked_even_the_active_segment_is_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::Block)).expect("open");
+    // Payloads just under a segment: each record fills its own segment.
+    let big = |n: u64| Record::event(0, n as i64, vec![b'b'; 3900]);
+    let mut appended = 0;
+    while spool.append(&big(appended + 1)).is_ok() {
+        appended += 1;
+    }
+    assert!(appended >= 2);
+    for seq in 1..=appended {
+        spool.ack(seq).expect("ack");
+    }
+    spool.sync().expect("sync");
+    let stats = spool.stats();
+    assert_eq!(
+        stats.segments, 1,
+        "only a fresh, empty active segment remains"
+    );
+    assert!(stats.bytes_on_disk < 100);
+    let _ = spool.append(&big(appended + 1)).expect("room again");
+}
+
+#[test]
+fn drop_newest_discards_counts_and_reports_one_span_when_room_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::DropNewest)).expect("open");
+    fill_to_the_cap(&spool);
+    for n in 8..=12 {
+        let outcome = spool.append(&event(n)).expect("drop is not an error");
+        assert_eq!(outcome, AppendOutcome::Dropped);
+    }
+    let stats = spool.stats();
+    assert_eq!(stats.dropped_records, 5);
+    assert_eq!(stats.full_refusals, 0);
+    assert_eq!(stats.next_seq, FITS + 1, "dropped events take no seq");
+
+    // Gap records still go in while events are dropped.
+    let outcome = spool
+        .append(&Record::gap(0, 5, &b"{}"[..]))
+        .expect("gap in the headroom");
+    assert!(matches!(
+        outcome,
+        AppendOutcome::Appended {
+            after_drop: None,
+            ..
+        }
+    ));
+
+    for seq in 1..=FITS + 1 {
+        spool.ack(seq).expect("ack");
+    }
+    spool.sync().expect("sync frees acked segments");
+    let outcome = spool.append(&event(13)).expect("room again");
+    let AppendOutcome::Appended {
+        after_drop: Some(span),
+        ..
+    } = outcome
+    else {
+        panic!("the first append after drops reports the span: {outcome:?}");
+    };
+    assert_eq!(
+        span,
+        DroppedSpan {
+            records: 5,
+            earliest_received_at_ms: 1_008,
+            latest_received_at_ms: 1_012,
+        }
+    );
+    let outcome = spool.append(&event(14)).expect("append");
+    assert!(
+        matches!(
+            outcome,
+            AppendOutcome::Appended {
+                after_drop: None,
+                ..
+            }
+        ),
+        "the span is reported once"
+    );
+    assert_eq!(
+        spool.stats().dropped_records,
+        5,
+        "the counter is cumulative"
+    );
+}
+
+#[test]
+fn a_drop_span_can_be_taken_explicitly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::DropNewest)).expect("open");
+    fill_to_the_cap(&spool);
+    assert_eq!(spool.take_dropped_span(), None);
+    assert_eq!(
+        spool.append(&event(20)).expect("drop"),
+        AppendOutcome::Dropped
+    );
+    let span = spool.take_dropped_span().expect("span");
+    assert_eq!(span.records, 1);
+    assert_eq!(spool.take_dropped_span(), None);
+}
+
+#[test]
+fn a_record_that_can_never_fit_is_refused_as_too_large() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::Block)).expect("open");
+    let huge = Record::event(0, 0, vec![0; 9000]);
+    let error = spool.append(&huge).expect_err("too large");
+    assert!(
+        matches!(
+            error,
+            SpoolError::RecordTooLarge {
+                payload_bytes: 9000,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = runtime()
+        .block_on(spool.wait_for_space(9000))
+        .expect_err("never fits");
+    assert!(matches!(error, SpoolError::RecordTooLarge { .. }));
+}

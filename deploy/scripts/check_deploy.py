@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""Checks deploy/: the Helm chart, the plain manifests and what they hand the bridge.
+
+Run by .ci/deploy-check.sh (which prepares the venv, the bridge binary, yamllint and hadolint) from
+the repository root, with the venv's python:
+
+    python deploy/scripts/check_deploy.py --bridge target/debug/genesys-kafka-bridge
+
+Offline: helm-python-sdk (Helm's Go SDK) lints and renders, kubernetes-validate holds the
+Kubernetes schemas, and the bridge's own `check-config` judges every rendered bridge.toml.
+Prints one line per check; exits 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+KUBE_VERSION = "1.30.0"
+CHART = Path("deploy/helm/genesys-kafka-bridge")
+K8S = Path("deploy/k8s")
+RELEASE = "bridge"
+NAMESPACE = "genesys"
+# prometheus-operator CRDs: kubernetes-validate has no schema for them (it would only warn).
+CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
+# Files in deploy/k8s that are not Kubernetes API objects.
+NOT_API_OBJECTS = {"kustomization.yaml"}
+EXIT_CONFIG = 64
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def ok(self, what: str) -> None:
+        self.passed += 1
+        print(f"  ok    {what}")
+
+    def fail(self, what: str, detail: str = "") -> None:
+        self.failed.append(what)
+        print(f"  FAIL  {what}")
+        for line in detail.strip().splitlines():
+            print(f"        {line}")
+
+    def expect(self, condition: bool, what: str, detail: str = "") -> bool:
+        if condition:
+            self.ok(what)
+        else:
+            self.fail(what, detail)
+        return condition
+
+
+def load_values(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def docs_of(manifests: dict[str, str]) -> list[dict]:
+    docs = []
+    for name, text in sorted(manifests.items()):
+        if name.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc["__source"] = name
+                docs.append(doc)
+    return docs
+
+
+def strip(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "__source"}
+
+
+def kind_of(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def validate_objects(checks: Checks, docs: list[dict], label: str) -> None:
+    for doc in docs:
+        what = f"{label}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if doc.get("kind") in CRD_KINDS:
+            checks.expect(
+                doc.get("apiVersion") == "monitoring.coreos.com/v1",
+                f"{what} (CRD: apiVersion only, no schema)",
+            )
+            continue
+        try:
+            kubernetes_validate.validate(strip(doc), KUBE_VERSION, strict=True)
+            checks.ok(f"{what} valid for Kubernetes {KUBE_VERSION} (strict)")
+        except Exception as error:  # ValidationError, SchemaNotFoundError
+            checks.fail(f"{what} valid for Kubernetes {KUBE_VERSION}", str(error)[:2000])
+
+
+def bridge_toml(docs: list[dict]) -> tuple[str, str] | None:
+    """The bridge.toml of a render: (where, text), from the ConfigMap or the config Secret."""
+    for doc in docs:
+        name = doc.get("metadata", {}).get("name", "")
+        if not name.endswith("-config"):
+            continue
+        if doc.get("kind") == "ConfigMap" and "bridge.toml" in doc.get("data", {}):
+            return f"ConfigMap/{name}", doc["data"]["bridge.toml"]
+        if doc.get("kind") == "Secret" and "bridge.toml" in doc.get("stringData", {}):
+            return f"Secret/{name}", doc["stringData"]["bridge.toml"]
+    return None
+
+
+def run_check_config(bridge: Path, text: str) -> subprocess.CompletedProcess:
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as handle:
+        handle.write(text)
+        path = handle.name
+    try:
+        return subprocess.run(
+            [str(bridge), "check-config", "--config", path],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def check_bridge_config(checks: Checks, bridge: Path, docs: list[dict], label: str) -> dict | None:
+    found = bridge_toml(docs)
+    if not checks.expect(found is not None, f"{label}: renders bridge.toml"):
+        return None
+    where, text = found
+    try:
+        parsed = tomllib.loads(text)
+        checks.ok(f"{label}: {where} bridge.toml is valid TOML")
+    except tomllib.TOMLDecodeError as error:
+        checks.fail(f"{label}: {where} bridge.toml is valid TOML", f"{error}\n{text}")
+        return None
+    result = run_check_config(bridge, text)
+    checks.expect(
+        result.returncode == 0,
+        f"{label}: `genesys-kafka-bridge check-config` accepts {where} bridge.toml",
+        f"exit {result.returncode}\n{result.stderr}",
+    )
+    return parsed
+
+
+def pod_invariants(checks: Checks, docs: list[dict], values: dict, label: str) -> None:
+    """What every render must keep, whatever the values."""
+    deployments = kind_of(docs, "Deployment")
+    if not checks.expect(len(deployments) == 1, f"{label}: exactly one Deployment"):
+        return
+    deployment = deployments[0]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    problems = []
+    if spec.get("replicas") != 1:
+        problems.append(f"replicas {spec.get('replicas')}")
+    strategy = spec["strategy"]
+    persistent = values.get("persistence", {}).get("enabled", False)
+    if persistent and strategy["type"] != "Recreate":
+        problems.append("persistence without Recreate")
+    if strategy["type"] == "RollingUpdate" and strategy.get("rollingUpdate") != {"maxSurge": 1, "maxUnavailable": 0}:
+        problems.append(f"rollingUpdate {strategy.get('rollingUpdate')}")
+    sc = container.get("securityContext", {})
+    for key, wanted in (("readOnlyRootFilesystem", True), ("allowPrivilegeEscalation", False), ("runAsNonRoot", True)):
+        if sc.get(key) != wanted:
+            problems.append(f"securityContext.{key} is {sc.get(key)}")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        problems.append("capabilities not dropped")
+    if pod.get("securityContext", {}).get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("no RuntimeDefault seccomp profile")
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append("service account token mounted")
+    if "memory" not in container.get("resources", {}).get("limits", {}):
+        problems.append("no memory limit")
+    probes = {name: container.get(name, {}).get("httpGet", {}).get("path") for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    if probes != {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}:
+        problems.append(f"probes {probes}")
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    if "/var/lib/genesys-kafka-bridge" not in mounts:
+        problems.append("spool volume not mounted")
+    checks.expect(not problems, f"{label}: pod invariants (1 replica, strategy, locked down, probes, spool)", "; ".join(problems))
+
+    # The grace period must outlast the bridge's shutdown deadline (read from the rendered config).
+    found = bridge_toml(docs)
+    if found:
+        deadline = tomllib.loads(found[1])["supervisor"]["shutdown_deadline"]
+        seconds = duration_seconds(deadline)
+        grace = pod["terminationGracePeriodSeconds"]
+        checks.expect(grace > seconds, f"{label}: terminationGracePeriodSeconds {grace} > shutdown_deadline {deadline}")
+
+    # Every ConfigMap/Secret/PVC the pod uses is rendered, or is one the values name as existing.
+    existing = {
+        values.get("genesys", {}).get("existingSecret"),
+        values.get("kafka", {}).get("existingSecret"),
+        values.get("config", {}).get("existingSecret"),
+        values.get("persistence", {}).get("existingClaim"),
+    } - {None, ""}
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    missing = []
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume and ("ConfigMap", volume["configMap"]["name"]) not in rendered:
+            missing.append(volume["configMap"]["name"])
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            if ("Secret", name) not in rendered and name not in existing:
+                missing.append(name)
+        if "persistentVolumeClaim" in volume:
+            name = volume["persistentVolumeClaim"]["claimName"]
+            if ("PersistentVolumeClaim", name) not in rendered and name not in existing:
+                missing.append(name)
+    checks.expect(not missing, f"{label}: every volume source is rendered or named as existing", ", ".join(missing))
+
+
+def duration_seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text))
+
+
+def expect_render_failure(checks: Checks, chart, values: dict, error_type, needle: str, what: str) -> None:
+    try:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    except error_type as error:
+        message = str(error)
+        checks.expect(needle in message, f"refused: {what}", f"error lacks {needle!r}: {message}")
+        if needle in message:
+            first = next((line for line in message.splitlines() if needle in line), message.splitlines()[0])
+            print(f"          -> {first.strip()[:160]}")
+        return
+    except helm_python.HelmError as error:
+        checks.fail(f"refused: {what}", f"wrong error type {type(error).__name__}: {error}")
+        return
+    checks.fail(f"refused: {what}", "the render succeeded")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bridge", required=True, type=Path, help="the genesys-kafka-bridge binary")
+    args = parser.parse_args()
+    checks = Checks()
+    chart = helm_python.Chart.load(str(CHART))
+    scenarios = sorted((CHART / "ci").glob("*-values.yaml"))
+    base = load_values(CHART / "ci" / "default-values.yaml")
+
+    print(f"== Chart metadata ({CHART})")
+    meta = chart.metadata
+    checks.expect(meta.get("apiVersion") == "v2", "Chart.yaml apiVersion v2")
+    cargo = tomllib.loads(Path("Cargo.toml").read_text())
+    version = cargo["workspace"]["package"]["version"]
+    checks.expect(meta.get("appVersion") == version, f"appVersion {meta.get('appVersion')} = Cargo workspace version {version}")
+    schema = chart.schema or {}
+    checks.expect(schema.get("$schema", "").startswith("http://json-schema.org/draft-07/"), "values.schema.json is draft-07")
+    endpoints = Path("actors/src/genesys/endpoints.rs").read_text()
+    table = endpoints[endpoints.index("pub const REGIONS"):]
+    pairs = re.findall(r'\("([^"]+)",\s*"([^"]+)"\)', table[: table.index("];")])
+    wanted = {""} | {k for k, _ in pairs} | {d for _, d in pairs}
+    enum = set(schema["properties"]["genesys"]["properties"]["region"]["enum"])
+    checks.expect(enum == wanted, f"schema's genesys.region enum = the bridge's {len(pairs)} regions (keys and domains)",
+                  f"only in schema: {sorted(enum - wanted)}; only in the bridge: {sorted(wanted - enum)}")
+
+    print(f"== helm lint (strict, Kubernetes v{KUBE_VERSION}), each ci/*-values.yaml")
+    for path in scenarios:
+        report = helm_python.lint(str(CHART), load_values(path), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+        serious = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        checks.expect(not serious and not report.get("errors"), f"lint {path.name}",
+                      json.dumps(serious or report.get("errors"), indent=1))
+
+    print("== Render each scenario; validate every object; check-config every bridge.toml")
+    renders: dict[str, list[dict]] = {}
+    for path in scenarios:
+        label = path.name
+        values = load_values(path)
+        try:
+            docs = docs_of(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+        except helm_python.HelmError as error:
+            checks.fail(f"{label}: renders", str(error))
+            continue
+        renders[label] = docs
+        checks.ok(f"{label}: renders {len(docs)} objects ({', '.join(sorted(d['kind'] for d in docs))})")
+        validate_objects(checks, docs, label)
+        check_bridge_config(checks, args.bridge, docs, label)
+        pod_invariants(checks, docs, values, label)
+
+    print("== Scenario-specific expectations")
+    def deployment(label):
+        return kind_of(renders.get(label, []), "Deployment")[0]["spec"] if renders.get(label) else {}
+    def config(label):
+        found = bridge_toml(renders.get(label, []))
+        return tomllib.loads(found[1]) if found else {}
+    checks.expect(deployment("default-values.yaml").get("strategy", {}).get("type") == "RollingUpdate", "default: RollingUpdate (surge) with the emptyDir spool")
+    checks.expect(config("default-values.yaml").get("spool", {}).get("max_bytes") == 1073741824 * 80 // 100, "default: spool.max_bytes derived as 80% of the 1Gi emptyDir")
+    checks.expect(deployment("persistence-values.yaml").get("strategy", {}).get("type") == "Recreate", "persistence: Recreate forced")
+    checks.expect(len(kind_of(renders.get("persistence-values.yaml", []), "PersistentVolumeClaim")) == 1, "persistence: a PVC is rendered")
+    checks.expect(not kind_of(renders.get("existing-claim-values.yaml", []), "PersistentVolumeClaim"), "existing-claim: no PVC rendered")
+    checks.expect(config("existing-claim-values.yaml").get("spool", {}).get("max_bytes") == 10 * 1073741824 * 80 // 100, "existing-claim: max_bytes derived from persistence.size")
+    checks.expect(deployment("persistence-values.yaml").get("template", {}).get("spec", {}).get("terminationGracePeriodSeconds") == 55, "persistence: grace period derived (45s deadline + 10)")
+    checks.expect("api_url" in config("base-urls-values.yaml").get("genesys", {}) and "region" not in config("base-urls-values.yaml").get("genesys", {}), "base-urls: api_url/login_url rendered, no region")
+    checks.expect(config("region-domain-values.yaml").get("genesys", {}).get("region") == "mypurecloud.ie", "region-domain: region by domain")
+    kinds = {d["kind"] for d in renders.get("monitoring-values.yaml", [])}
+    checks.expect({"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"} <= kinds, "monitoring: ServiceMonitor, PodMonitor and PDB rendered")
+    default_kinds = {d["kind"] for d in renders.get("default-values.yaml", [])}
+    checks.expect(not ({"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"} & default_kinds), "default: no ServiceMonitor, PodMonitor or PDB")
+    sasl = renders.get("sasl-tls-values.yaml", [])
+    checks.expect(not kind_of(sasl, "ConfigMap") and bridge_toml(sasl) and bridge_toml(sasl)[0].startswith("Secret/"), "sasl-tls: bridge.toml in a Secret, no ConfigMap")
+    existing = renders.get("existing-secret-values.yaml", [])
+    checks.expect(not [d for d in existing if d["kind"] == "Secret"], "existing-secret: no chart-created Secret")
+    checks.expect(config("existing-secret-values.yaml").get("kafka", {}).get("properties", {}).get("linger.ms") == "20", "existing-secret: integer librdkafka property rendered as a string")
+
+    print("== config.existingSecret: the chart renders no config and mounts the given Secret")
+    try:
+        docs = docs_of(chart.render(deep_merge(base, {"config": {"existingSecret": "my-bridge-toml", "existingSecretKey": "custom.toml"}}), name=RELEASE, namespace=NAMESPACE))
+        pod = kind_of(docs, "Deployment")[0]["spec"]["template"]["spec"]
+        config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
+        checks.expect(bridge_toml(docs) is None and config_volume.get("secret", {}).get("secretName") == "my-bridge-toml"
+                      and pod["containers"][0]["args"][-1].endswith("/custom.toml"),
+                      "config.existingSecret: no rendered config, Secret mounted, --config points at its key")
+        validate_objects(checks, docs, "config.existingSecret")
+    except helm_python.HelmError as error:
+        checks.fail("config.existingSecret renders", str(error))
+
+    print("== Schema enforcement: values of the wrong type or unknown keys fail the render")
+    schema_cases = [
+        ({"livenessProbe": {"periodSeconds": "ten"}}, "/livenessProbe/periodSeconds", 'livenessProbe.periodSeconds: "ten"'),
+        ({"service": {"port": "8080"}}, "/service/port", 'service.port: "8080" (a string)'),
+        ({"replicaCount": 2}, "replicaCount", "replicaCount (there is no such value: one replica)"),
+        ({"socket": {"pingInterval": "30 seconds"}}, "/socket/pingInterval", 'socket.pingInterval: "30 seconds"'),
+        ({"genesys": {"region": "us-east-1"}}, "/genesys/region", 'genesys.region: "us-east-1" (not a region)'),
+        ({"topics": {"channelBudget": 21}}, "/topics/channelBudget", "topics.channelBudget: 21"),
+        ({"topics": {"explicit": ["v2.system.socket_closing"]}}, "/topics/explicit/0", "topics.explicit: v2.system.*"),
+        ({"spool": {"whenFull": "drop-oldest"}}, "/spool/whenFull", "spool.whenFull: drop-oldest"),
+        ({"persistence": {"size": "2GB"}}, "/persistence/size", 'persistence.size: "2GB"'),
+        ({"kafka": {"properties": {"linger.ms": 0.5}}}, "/kafka/properties/linger.ms", "kafka.properties value 0.5"),
+        ({"readinessProbe": {"enabeld": True}}, "enabeld", "readinessProbe.enabeld (a typo)"),
+    ]
+    for override, needle, what in schema_cases:
+        expect_render_failure(checks, chart, deep_merge(base, override), helm_python.HelmValuesError, needle, what)
+
+    print("== Template guards: relations between values fail the render with a message")
+    guard_cases = [
+        ({"genesys": {"clientId": "", "clientSecret": ""}}, "set genesys.existingSecret", "no credentials"),
+        ({"genesys": {"apiUrl": "http://sim:8080"}}, "set both genesys.apiUrl and genesys.loginUrl", "apiUrl without loginUrl"),
+        ({"persistence": {"enabled": True}, "updateStrategy": {"type": "RollingUpdate"}}, "rollout would hang", "RollingUpdate with persistence"),
+        ({"topics": {"channelBudget": 20}}, "keep channelBudget at most 10", "channelBudget 20 with a surge rollout"),
+        ({"spool": {"maxBytes": 1073741824}}, "must stay at or below 90%", "spool.maxBytes = the whole 1Gi emptyDir"),
+        ({"spool": {"emptyDir": {"sizeLimit": "128Mi"}}}, "at least 2 * spool.segmentBytes", "a volume too small for two segments"),
+        ({"terminationGracePeriodSeconds": 20}, "must exceed supervisor.shutdownDeadline", "grace period 20 s = shutdown deadline 20 s"),
+        ({"kafka": {"properties": {"bootstrap.servers": "k:9092"}}}, "kafka.bootstrapServers", "bootstrap.servers in kafka.properties"),
+        ({"service": {"enabled": False}, "metrics": {"serviceMonitor": {"enabled": True}}}, "needs service.enabled", "ServiceMonitor without a Service"),
+    ]
+    for override, needle, what in guard_cases:
+        expect_render_failure(checks, chart, deep_merge(base, override), helm_python.HelmRenderError, needle, what)
+
+    print("== check-config has teeth: a schema-valid config the bridge refuses")
+    docs = docs_of(chart.render(deep_merge(base, {"socket": {"pingInterval": "30s", "deadAfter": "30s"}}), name=RELEASE, namespace=NAMESPACE))
+    result = run_check_config(args.bridge, bridge_toml(docs)[1])
+    checks.expect(result.returncode == EXIT_CONFIG and "dead_after" in result.stderr,
+                  "socket.deadAfter = pingInterval renders, and check-config refuses it (exit 64)",
+                  f"exit {result.returncode}: {result.stderr}")
+    print(f"          -> {result.stderr.strip()[:160]}")
+
+    print(f"== Plain manifests ({K8S})")
+    k8s_docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name in NOT_API_OBJECTS:
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                doc["__source"] = path.name
+                k8s_docs.append(doc)
+    validate_objects(checks, k8s_docs, str(K8S))
+    k8s_config = check_bridge_config(checks, args.bridge, k8s_docs, str(K8S))
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization.get("resources", []))
+    present = {p.name for p in K8S.glob("*.yaml")}
+    checks.expect(listed <= present, "kustomization.yaml lists only files that exist", str(listed - present))
+    pod_invariants(checks, [d for d in k8s_docs if d["__source"] != "pvc.yaml"], {}, str(K8S))
+
+    print("== Plain manifests match the chart's defaults (release genesys-kafka-bridge)")
+    reference = docs_of(chart.render({"genesys": {"existingSecret": "genesys-kafka-bridge-genesys"}}, name="genesys-kafka-bridge", namespace=NAMESPACE))
+    chart_config = tomllib.loads(bridge_toml(reference)[1])
+    checks.expect(k8s_config == chart_config, "k8s/configmap.yaml bridge.toml = the chart's default bridge.toml (parsed)",
+                  diff(chart_config, k8s_config))
+    for kind, part in (("Deployment", lambda d: d["spec"]), ("Service", lambda d: d["spec"]),
+                       ("ServiceAccount", lambda d: d.get("automountServiceAccountToken"))):
+        mine = kind_of(k8s_docs, kind)
+        theirs = kind_of(reference, kind)
+        if not checks.expect(len(mine) == 1 and len(theirs) == 1, f"one {kind} in each"):
+            continue
+        a, b = copy.deepcopy(part(theirs[0])), copy.deepcopy(part(mine[0]))
+        if kind == "Deployment":
+            for spec in (a, b):
+                spec["template"].pop("metadata", None)
+        checks.expect(a == b, f"k8s {kind} spec = the chart's (labels and annotations aside)", diff(a, b))
+
+    print()
+    if checks.failed:
+        print(f"deploy-check FAILED: {len(checks.failed)} of {checks.passed + len(checks.failed)} checks failed:")
+        for what in checks.failed:
+            print(f"  - {what}")
+        return 1
+    print(f"deploy-check (chart, manifests, configs): all {checks.passed} checks passed")
+    return 0
+
+
+def diff(expected, actual, path="") -> str:
+    """The first differences between two JSON-like values, for failure messages."""
+    out = []
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in sorted(set(expected) | set(actual), key=str):
+            if key not in actual:
+                out.append(f"{path}.{key}: missing in the manifests (chart: {json.dumps(expected[key])[:200]})")
+            elif key not in expected:
+                out.append(f"{path}.{key}: only in the manifests ({json.dumps(actual[key])[:200]})")
+            elif expected[key] != actual[key]:
+                out.append(diff(expected[key], actual[key], f"{path}.{key}"))
+    elif isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        for index, (e, a) in enumerate(zip(expected, actual)):
+            if e != a:
+                out.append(diff(e, a, f"{path}[{index}]"))
+    else:
+        out.append(f"{path}: chart {json.dumps(expected)[:200]} != manifests {json.dumps(actual)[:200]}")
+    return "\n".join(line for line in out if line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
