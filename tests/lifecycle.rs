@@ -57,6 +57,8 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
     // Watch the simulator: the bridge never holds more sockets than shards + one rollover.
     let most_sockets = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
+    let mut closings = 0;
+    let mut revocations = 0usize;
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
@@ -65,20 +67,33 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
+        // Stops the watcher even when an assertion below fails.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop_watcher = StopOnDrop(&done);
         let started = Instant::now();
-        let mut closings = 0;
-        let mut revocations = 0;
-        while started.elapsed() < Duration::from_secs(30) {
-            let closing_before = rollovers(&bridge, "socket_closing");
-            assert_eq!(
-                sim.faults().socket_closing(Target::All, None).len() >= 1,
-                true
-            );
+        while started.elapsed() < Duration::from_secs(15) {
+            let closing = sim.faults().socket_closing(Target::All, None);
+            assert!(!closing.is_empty());
             closings += 1;
+            // The announced channels are left (the server closes them after the grace) and
+            // another one streams.
             wait_until(
-                "rollover after socket_closing",
+                "moved off the closing channel",
                 Duration::from_secs(15),
-                || rollovers(&bridge, "socket_closing") > closing_before,
+                || {
+                    let channels = sim.channels();
+                    channels
+                        .iter()
+                        .any(|c| c.connected && !closing.contains(&c.id))
+                        && channels
+                            .iter()
+                            .all(|c| !(c.connected && closing.contains(&c.id)))
+                },
             );
             if closings % 2 == 0 {
                 let gaps_before = bridge.metric("genesys_bridge_gaps_total");
@@ -92,10 +107,23 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
             }
             bridge.wait_ready(Duration::from_secs(20));
         }
-        done.store(true, Ordering::Relaxed);
+        // Then leave the channels alone: they expire (7 s) and their tokens (9 s) run out.
+        wait_until(
+            "rollovers before channel and token expiry",
+            Duration::from_secs(40),
+            || {
+                rollovers(&bridge, "channel_expiry") >= 2.0
+                    && rollovers(&bridge, "token_refresh") >= 2.0
+            },
+        );
         eprintln!("{closings} socket_closing, {revocations} revocations");
     });
     assert!(rollovers(&bridge, "socket_closing") >= 5.0);
+    assert_eq!(
+        bridge.metric("genesys_bridge_gaps_total") as usize,
+        revocations,
+        "only revocations (the channel dies with no warning) leave gaps"
+    );
     assert!(
         rollovers(&bridge, "channel_expiry") >= 1.0,
         "channels of 7 s rolled over"
@@ -126,10 +154,6 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
         sent.len(),
         overlapping
     );
-    assert!(
-        overlapping > 0,
-        "rollovers overlapped: some events went to two channels"
-    );
     let topics = ["user-conversations", "queue-conversations"];
     wait_until(
         "every sent event is in Kafka",
@@ -142,6 +166,12 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
         *in_kafka.entry(record.value.as_str()).or_default() += 1;
     }
     let missing = unique.keys().filter(|f| !in_kafka.contains_key(*f)).count();
+    for entry in sent.iter().filter(|e| !in_kafka.contains_key(&*e.frame)) {
+        eprintln!(
+            "missing: seq {} on channel {} at {} ({})",
+            entry.seq, entry.channel_id, entry.sent_at, entry.topic
+        );
+    }
     let duplicated = in_kafka.values().filter(|n| **n > 1).count();
     assert_eq!(missing, 0, "events lost");
     assert_eq!(duplicated, 0, "events duplicated");

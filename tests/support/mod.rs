@@ -185,8 +185,15 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- bridge logs ----");
-            for line in self.logs().iter().rev().take(80).rev() {
+            let logs = self.logs();
+            let path = std::env::temp_dir().join(format!(
+                "genesys-bridge-test-{}-{}.log",
+                std::process::id(),
+                self.http.replace(':', "-")
+            ));
+            let _ = std::fs::write(&path, logs.join("\n"));
+            eprintln!("---- bridge logs (all of them in {}) ----", path.display());
+            for line in logs.iter().rev().take(40).rev() {
                 eprintln!("{line}");
             }
         }

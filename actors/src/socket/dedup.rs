@@ -2,8 +2,12 @@
 //!
 //! During a make-before-break rollover the old and the new channel are both subscribed, so an
 //! event can arrive on both. Genesys gives no unique event id (`CorrelationId` uniqueness is not
-//! documented), so events are identified by a hash of (topic, eventBody). An event is a duplicate
-//! only if the same hash was seen on *another* connection: repeats on one socket are real events.
+//! documented), so events are identified by a hash of (topic, eventBody, CorrelationId): two
+//! channels carry the same event with the same CorrelationId, while two *different* events can
+//! have identical bodies (a snapshot re-sent without visible change) and must both be delivered.
+//! Where CorrelationId is missing, (topic, eventBody) alone identifies the event. An event is a
+//! duplicate only if the same hash was seen on *another* connection: repeats on one socket are
+//! real events.
 //! The table only exists from the start of a rollover until `window` after it ended, and holds
 //! at most `capacity` entries, so steady streaming pays nothing and memory stays bounded.
 
@@ -21,14 +25,27 @@ struct TopicAndBody<'a> {
     topic_name: &'a RawValue,
     #[serde(rename = "eventBody", borrow, default)]
     event_body: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<MetadataRef<'a>>,
 }
 
-/// The identity of an event: a hash of its topic and its body as received.
+#[derive(Deserialize)]
+struct MetadataRef<'a> {
+    #[serde(rename = "CorrelationId", borrow, default)]
+    correlation_id: Option<&'a RawValue>,
+}
+
+/// The identity of an event: a hash of its topic, its body as received and its CorrelationId.
 pub fn event_identity(frame: &[u8]) -> Option<u64> {
     let parsed: TopicAndBody<'_> = serde_json::from_slice(frame).ok()?;
     let mut hasher = DefaultHasher::new();
     parsed.topic_name.get().hash(&mut hasher);
     parsed.event_body.map(RawValue::get).hash(&mut hasher);
+    parsed
+        .metadata
+        .and_then(|m| m.correlation_id)
+        .map(RawValue::get)
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -107,10 +124,21 @@ mod tests {
     const B: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":2}}"#;
 
     #[test]
-    fn identity_ignores_metadata_but_not_body() {
-        assert_eq!(event_identity(A), event_identity(A_OTHER_META));
+    fn identity_covers_topic_body_and_correlation_id() {
+        assert_eq!(event_identity(A), event_identity(A));
+        assert_ne!(
+            event_identity(A),
+            event_identity(A_OTHER_META),
+            "same body, another CorrelationId: another event"
+        );
         assert_ne!(event_identity(A), event_identity(B));
         assert_eq!(event_identity(b"not json"), None);
+        let spaced = br#"{"topicName":"v2.users.u.conversations", "eventBody":{"id":"c","n":1},"metadata":{"CorrelationId":"x"}}"#;
+        assert_eq!(
+            event_identity(A),
+            event_identity(spaced),
+            "envelope whitespace is not identity"
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ impl SocketActor {
             }
             ws::Frame::Pong(_) => {}
             ws::Frame::Close(reason) => {
-                tracing::info!(shard = self.shard, ?reason, "server closed the socket");
+                if self.is_current(conn_id) {
+                    tracing::info!(shard = self.shard, ?reason, "server closed the socket");
+                } else {
+                    tracing::debug!(shard = self.shard, ?reason, "replaced socket closed");
+                }
                 if let Some(conn) = self.conn_mut(conn_id) {
                     let _ = conn.sink.write(ws::Message::Close(reason));
                 }
@@ -110,26 +114,14 @@ impl SocketActor {
             .inc();
         match kind {
             Ok(FrameKind::Heartbeat | FrameKind::Pong | FrameKind::Metadata) => {}
-            Ok(FrameKind::SocketClosing) => {
-                if self.is_current(conn_id) {
-                    tracing::info!(shard = self.shard, "socket_closing received; rolling over");
-                    self.start_rollover("socket_closing", ctx);
-                }
-            }
+            Ok(FrameKind::SocketClosing) => self.on_doomed(conn_id, "socket_closing", ctx),
             Ok(FrameKind::ChannelInvalidated(topic)) => {
-                if self.is_current(conn_id) {
-                    let reason = if topic.contains("token_revoked") {
-                        "token_revoked"
-                    } else {
-                        "no_longer_subscribed"
-                    };
-                    tracing::warn!(
-                        shard = self.shard,
-                        reason,
-                        "channel invalidated; rolling over"
-                    );
-                    self.start_rollover(reason, ctx);
-                }
+                let reason = if topic.contains("token_revoked") {
+                    "token_revoked"
+                } else {
+                    "no_longer_subscribed"
+                };
+                self.on_doomed(conn_id, reason, ctx);
             }
             Ok(FrameKind::OtherSystem(topic)) => {
                 tracing::info!(shard = self.shard, topic = %topic, "system message");
@@ -152,6 +144,24 @@ impl SocketActor {
                 };
                 self.append(record, ctx);
             }
+        }
+    }
+
+    /// The server announced the end of this connection's channel (`socket_closing`,
+    /// `token_revoked`, `no_longer_subscribed`). The current socket rolls over at once; a rollover
+    /// candidate remembers it and rolls over again as soon as it is promoted; a replaced socket
+    /// needs nothing.
+    fn on_doomed(&mut self, conn_id: u64, reason: &'static str, ctx: &mut Context<Self>) {
+        if self.is_current(conn_id) {
+            tracing::info!(shard = self.shard, reason, "channel ending; rolling over");
+            self.start_rollover(reason, ctx);
+        } else if let Some(next) = self.next.as_mut().filter(|c| c.id == conn_id) {
+            tracing::info!(
+                shard = self.shard,
+                reason,
+                "rollover channel ending too; will roll over again"
+            );
+            next.doomed = Some(reason);
         }
     }
 

@@ -39,18 +39,23 @@ impl SocketActor {
 
     /// Gets the shard a socket after a start or a loss.
     pub(super) fn connect_primary(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping || self.establishing == Establishing::Primary {
+        if self.stopping || self.primary_pending || self.current.is_some() {
             return;
         }
-        self.establishing = Establishing::Primary;
+        if let Some(handle) = self.retry_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.primary_pending = true;
         self.health
             .shard(self.shard, |s| s.phase = ShardPhase::Connecting);
-        self.spawn_establish(ctx);
+        self.spawn_establish(Establishing::Primary, ctx);
     }
 
     /// Starts a make-before-break rollover; the current socket keeps streaming meanwhile.
     pub(super) fn start_rollover(&mut self, trigger: &'static str, ctx: &mut Context<Self>) {
-        if self.stopping || self.next.is_some() || self.establishing != Establishing::None {
+        if self.stopping || self.next.is_some() || self.rollover_pending || self.primary_pending {
+            // A socket being made now already gets the current token and topics; the check in
+            // `on_established` rolls over again if they changed meanwhile.
             return;
         }
         if self.current.is_none() {
@@ -58,62 +63,68 @@ impl SocketActor {
             self.connect_primary(ctx);
             return;
         }
+        if let Some(handle) = self.rollover_retry.take() {
+            ctx.cancel_future(handle);
+        }
         tracing::info!(shard = self.shard, trigger, "rolling over to a new channel");
-        self.establishing = Establishing::Rollover(trigger);
+        self.rollover_pending = true;
         self.rollover_trigger = Some(trigger);
         self.dedup.begin_overlap();
-        self.spawn_establish(ctx);
+        self.spawn_establish(Establishing::Rollover(trigger), ctx);
     }
 
-    fn spawn_establish(&mut self, ctx: &mut Context<Self>) {
+    fn spawn_establish(&mut self, purpose: Establishing, ctx: &mut Context<Self>) {
         let Some(token) = self.token.valid() else {
-            // No token yet: the TokenChanged message will not come for a shard started later,
-            // so poll briefly.
-            let purpose = self.establishing;
-            self.establishing = Establishing::None;
-            self.retry_timer = Some(ctx.run_later(
-                Duration::from_millis(500),
-                move |actor, ctx| {
-                    actor.retry_timer = None;
-                    match purpose {
-                        Establishing::Rollover(trigger) => actor.start_rollover(trigger, ctx),
-                        _ => actor.connect_primary(ctx),
-                    }
+            // No valid token yet (start-up, or a refresh in progress): try again shortly.
+            self.clear_pending(purpose);
+            ctx.run_later(
+                Duration::from_millis(200),
+                move |actor, ctx| match purpose {
+                    Establishing::Rollover(trigger) => actor.start_rollover(trigger, ctx),
+                    Establishing::Primary => actor.connect_primary(ctx),
                 },
-            ));
+            );
             return;
         };
-        let reuse_channel = match (self.establishing, self.current.as_ref()) {
-            (Establishing::Primary, None) => self.reusable.take(),
-            _ => None,
+        let reuse = match purpose {
+            Establishing::Primary => self.reusable.take(),
+            Establishing::Rollover(_) => None,
         };
+        let topics = self.topics.clone();
         let plan = Plan {
             client: self.client.clone(),
             token: token.token.clone(),
-            topics: self.topics.clone(),
+            topics: topics.clone(),
             max_frame_bytes: self.settings.max_frame_bytes,
-            reuse: reuse_channel,
+            reuse,
         };
         let generation = token.generation;
         async move { establish(plan).await }
             .into_actor(self)
-            .map(move |result, actor, ctx| actor.on_established(result, generation, ctx))
+            .map(move |result, actor, ctx| {
+                actor.on_established(purpose, result, generation, topics, ctx)
+            })
             .spawn(ctx);
+    }
+
+    fn clear_pending(&mut self, purpose: Establishing) {
+        match purpose {
+            Establishing::Primary => self.primary_pending = false,
+            Establishing::Rollover(_) => self.rollover_pending = false,
+        }
     }
 
     fn on_established(
         &mut self,
+        purpose: Establishing,
         result: Result<Established, EstablishError>,
         generation: u64,
+        topics: Vec<String>,
         ctx: &mut Context<Self>,
     ) {
-        let purpose = self.establishing;
-        self.establishing = Establishing::None;
+        self.clear_pending(purpose);
         if self.stopping {
-            if let Ok(established) = result {
-                drop(established.framed);
-            }
-            return;
+            return; // dropping the socket closes it
         }
         let established = match result {
             Ok(established) => established,
@@ -121,33 +132,36 @@ impl SocketActor {
         };
         let conn = self.attach(established, generation, ctx);
         let conn_id = conn.id;
-        match purpose {
-            Establishing::Rollover(_) if self.current.is_some() => {
-                self.next = Some(conn);
-                let timeout = self.settings.rollover_timeout;
-                self.rollover_deadline = Some(ctx.run_later(timeout, move |actor, ctx| {
-                    actor.rollover_deadline = None;
-                    if actor
-                        .next
-                        .as_ref()
-                        .is_some_and(|c| c.id == conn_id && !c.first_frame_seen)
-                    {
-                        tracing::warn!(
-                            shard = actor.shard,
-                            "rollover channel showed no frame in time"
-                        );
-                        actor.on_conn_lost(conn_id, "rollover_timeout", ctx);
-                    }
-                }));
-            }
-            _ => {
-                self.current = Some(conn);
-                self.last_sign_of_life = Some(Instant::now());
-                self.failures = 0;
-                self.health
-                    .shard(self.shard, |s| s.phase = ShardPhase::Streaming);
-                self.schedule_expiry(ctx);
-            }
+        let is_rollover = matches!(purpose, Establishing::Rollover(_));
+        if is_rollover && self.current.is_some() && self.next.is_none() {
+            self.next = Some(conn);
+            let timeout = self.settings.rollover_timeout;
+            self.rollover_deadline = Some(ctx.run_later(timeout, move |actor, ctx| {
+                actor.rollover_deadline = None;
+                let silent = actor
+                    .next
+                    .as_ref()
+                    .is_some_and(|c| c.id == conn_id && !c.first_frame_seen);
+                if silent {
+                    tracing::warn!(
+                        shard = actor.shard,
+                        "rollover channel showed no frame in time"
+                    );
+                    actor.on_conn_lost(conn_id, "rollover_timeout", ctx);
+                }
+            }));
+        } else if self.current.is_some() {
+            // Another attempt got there first: one socket per shard.
+            tracing::debug!(shard = self.shard, "surplus socket closed");
+            self.close_conn(conn, ctx);
+            return;
+        } else {
+            self.current = Some(conn);
+            self.last_sign_of_life = Some(Instant::now());
+            self.failures = 0;
+            self.health
+                .shard(self.shard, |s| s.phase = ShardPhase::Streaming);
+            self.schedule_expiry(ctx);
         }
         // Provoke a pong, so that a healthy new socket proves itself at once.
         if let Some(conn) = self.conn_mut(conn_id) {
@@ -156,6 +170,19 @@ impl SocketActor {
                 .write(awc::ws::Message::Text(r#"{"message":"ping"}"#.into()));
         }
         self.report_seen(true);
+        // The token or the topic set changed while this socket was being made.
+        let token_moved = self
+            .token
+            .get()
+            .is_some_and(|token| token.generation > generation);
+        if token_moved || topics != self.topics {
+            let trigger = if token_moved {
+                "token_refresh"
+            } else {
+                "topics_changed"
+            };
+            self.start_rollover(trigger, ctx);
+        }
     }
 
     fn attach(
@@ -223,6 +250,7 @@ impl SocketActor {
             sink,
             stream: stream_handle,
             first_frame_seen: false,
+            doomed: None,
             partial: None,
         }
     }
@@ -249,7 +277,7 @@ impl SocketActor {
                 self.rollover_failures += 1;
                 self.rollover_failures
             }
-            _ => {
+            Establishing::Primary => {
                 self.failures += 1;
                 self.failures
             }
@@ -265,16 +293,21 @@ impl SocketActor {
                 s.phase = ShardPhase::Backoff;
             }
         });
-        self.retry_timer = Some(ctx.run_later(delay, move |actor, ctx| {
-            actor.retry_timer = None;
-            match purpose {
-                Establishing::Rollover(trigger) => {
-                    actor.dedup.end_overlap(Instant::now());
+        match purpose {
+            Establishing::Rollover(trigger) => {
+                self.dedup.end_overlap(Instant::now());
+                self.rollover_retry = Some(ctx.run_later(delay, move |actor, ctx| {
+                    actor.rollover_retry = None;
                     actor.start_rollover(trigger, ctx)
-                }
-                _ => actor.connect_primary(ctx),
+                }));
             }
-        }));
+            Establishing::Primary => {
+                self.retry_timer = Some(ctx.run_later(delay, |actor, ctx| {
+                    actor.retry_timer = None;
+                    actor.connect_primary(ctx)
+                }));
+            }
+        }
     }
 
     /// The first frame on a connection proves it live: promote a rollover candidate, close a gap.
@@ -323,10 +356,13 @@ impl SocketActor {
             .unwrap_or_default();
         tracing::info!(shard = self.shard, channel = %short, "rolled over");
         self.write_status(
-            json!({"type": "rollover", "shard": self.shard, "channel": short}),
+            json!({"type": "rollover", "shard": self.shard, "channel": short, "trigger": trigger}),
             ctx,
         );
         self.schedule_expiry(ctx);
+        if let Some(reason) = self.current.as_ref().and_then(|c| c.doomed) {
+            self.start_rollover(reason, ctx);
+        }
     }
 
     /// A connection ended (closed, errored, declared dead). Planned ends never get here: the
@@ -350,9 +386,10 @@ impl SocketActor {
             self.dedup.end_overlap(Instant::now());
             self.rollover_failures += 1;
             let delay = self.settings.backoff.delay(self.rollover_failures - 1);
-            self.retry_timer = Some(ctx.run_later(delay, move |actor, ctx| {
-                actor.retry_timer = None;
-                actor.start_rollover("retry", ctx);
+            let trigger = self.rollover_trigger.unwrap_or("retry");
+            self.rollover_retry = Some(ctx.run_later(delay, move |actor, ctx| {
+                actor.rollover_retry = None;
+                actor.start_rollover(trigger, ctx);
             }));
             return;
         }

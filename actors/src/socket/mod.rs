@@ -70,14 +70,15 @@ struct Conn {
     sink: WsSink,
     stream: SpawnHandle,
     first_frame_seen: bool,
+    /// The server announced this channel's end (the reason), while it was a rollover candidate.
+    doomed: Option<&'static str>,
     /// A fragmented message being reassembled: (is text, bytes so far).
     partial: Option<(bool, bytes::BytesMut)>,
 }
 
-/// What the shard is doing about connections.
+/// What an attempt to get onto a channel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Establishing {
-    None,
     /// Getting `current` back (first start or after a loss).
     Primary,
     /// Getting `next` for a rollover, with its trigger.
@@ -115,7 +116,10 @@ pub struct SocketActor {
     next: Option<Conn>,
     /// Replaced sockets still delivering what was on the wire before their close.
     draining: Vec<Conn>,
-    establishing: Establishing,
+    /// An attempt to get `current` is in flight.
+    primary_pending: bool,
+    /// An attempt to get `next` is in flight.
+    rollover_pending: bool,
     /// Consecutive failures, for the backoff.
     failures: u32,
     rollover_failures: u32,
@@ -128,6 +132,7 @@ pub struct SocketActor {
     expiry_timer: Option<SpawnHandle>,
     rollover_deadline: Option<SpawnHandle>,
     retry_timer: Option<SpawnHandle>,
+    rollover_retry: Option<SpawnHandle>,
     stopping: bool,
     /// What started the rollover in progress, for metrics.
     rollover_trigger: Option<&'static str>,
@@ -165,7 +170,8 @@ impl SocketActor {
             current: None,
             next: None,
             draining: Vec::new(),
-            establishing: Establishing::None,
+            primary_pending: false,
+            rollover_pending: false,
             failures: 0,
             rollover_failures: 0,
             gap: None,
@@ -176,6 +182,7 @@ impl SocketActor {
             expiry_timer: None,
             rollover_deadline: None,
             retry_timer: None,
+            rollover_retry: None,
             stopping: false,
             rollover_trigger: None,
             reusable: None,
@@ -333,6 +340,7 @@ impl Handler<StopReading> for SocketActor {
             self.expiry_timer.take(),
             self.rollover_deadline.take(),
             self.retry_timer.take(),
+            self.rollover_retry.take(),
         ]
         .into_iter()
         .flatten()
