@@ -415,14 +415,25 @@ impl Actor for Supervisor {
         let spool = self.spool.clone();
         let metrics = self.metrics.clone();
         let health = self.health.clone();
+        let mut refusals_seen = 0;
         ctx.run_interval(Duration::from_secs(1), move |_, _| {
-            publish_spool_stats(&spool, &metrics, &health);
+            publish_spool_stats(&spool, &metrics, &health, &mut refusals_seen);
         });
     }
 }
 
-fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health) {
+/// Publishes the spool's numbers; the spool counts as full while it refuses or drops appends
+/// (compared with the last tick) or has reached its cap for events.
+fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health, refusals_seen: &mut u64) {
     let stats = spool.stats();
+    let refusals = stats.full_refusals + stats.dropped_records;
+    let refusing = refusals > *refusals_seen;
+    *refusals_seen = refusals;
+    let event_cap = spool
+        .config()
+        .max_bytes
+        .saturating_sub(crate::spool::GAP_HEADROOM_BYTES);
+    let full = refusing || stats.bytes_on_disk >= event_cap;
     let now_ms = Utc::now().timestamp_millis();
     let oldest_age = stats
         .oldest_unacked_received_at_ms
@@ -438,8 +449,7 @@ fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health) {
     state.spool.records = stats.records_unacked;
     state.spool.oldest_unacked_age_seconds = oldest_age;
     state.spool.dropped = stats.dropped_records;
-    state.spool.full =
-        stats.bytes_on_disk + crate::spool::GAP_HEADROOM_BYTES >= spool.config().max_bytes;
+    state.spool.full = full;
 }
 
 /// Asks every actor to answer within `deadline`; the names of those that did not.

@@ -1,0 +1,359 @@
+//! Lose nothing we received: Kafka outages, a SIGKILLed bridge, a corrupt spool, a full disk,
+//! a record too large for Kafka. The simulator's ledger is the ground truth.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use genesys_sim::{FrameKind, MalformedKind, SimConfig, SimHandle, Simulator, Target};
+use support::*;
+
+const EXTRA: &str = r#"
+[topics]
+templates = [
+  { template = "v2.routing.queues.{id}.conversations" },
+  { template = "v2.users.{id}.conversations" },
+]
+[socket]
+ping_interval = "300ms"
+dead_after = "2s"
+"#;
+
+const DATA_TOPICS: [&str; 2] = ["user-conversations", "queue-conversations"];
+
+fn sim(rate: f64) -> SimHandle {
+    Simulator::start(SimConfig {
+        rate_per_sec: rate,
+        heartbeat_interval: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
+fn sent_events(sim: &SimHandle) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    sim.ledger()
+        .into_iter()
+        .filter(|e| e.kind == FrameKind::Event)
+        .map(|e| e.frame.to_string())
+        .filter(|frame| seen.insert(frame.clone()))
+        .collect()
+}
+
+/// Waits until every event of the ledger is in Kafka; the number of duplicates.
+fn assert_all_delivered(sim: &SimHandle, brokers: &str, within: Duration) -> usize {
+    let sent = sent_events(sim);
+    let mut missing = sent.len();
+    wait_until("every sent event is in Kafka", within, || {
+        let landed = consume_all(brokers, &DATA_TOPICS);
+        let values: std::collections::HashSet<&str> =
+            landed.iter().map(|r| r.value.as_str()).collect();
+        missing = sent.iter().filter(|f| !values.contains(f.as_str())).count();
+        missing == 0
+    });
+    let landed = consume_all(brokers, &DATA_TOPICS);
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for record in &landed {
+        *count.entry(&record.value).or_default() += 1;
+    }
+    count.values().map(|n| n - 1).sum()
+}
+
+#[test]
+fn a_kafka_outage_of_a_minute_loses_nothing() {
+    let mut kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 3);
+    let sim = sim(6.0);
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_until("streaming into Kafka", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > 50.0
+    });
+    kafka.stop();
+    let down_at = Instant::now();
+    let sent_before = sim.ledger_count(|e| e.kind == FrameKind::Event);
+    // The scenario: Kafka is gone for 60 s while Genesys keeps sending.
+    wait_until(
+        "a 60 s outage with traffic",
+        Duration::from_secs(90),
+        || {
+            down_at.elapsed() >= Duration::from_secs(60)
+                && sim.ledger_count(|e| e.kind == FrameKind::Event) > sent_before + 100
+        },
+    );
+    let waiting = bridge.status()["spool"]["records"].as_u64().unwrap();
+    assert!(
+        waiting > 100,
+        "events wait in the spool during the outage ({waiting})"
+    );
+    assert_eq!(
+        bridge.get("/livez").map(|r| r.0),
+        Some(200),
+        "live while Kafka is down"
+    );
+    assert_eq!(
+        bridge.get("/readyz").map(|r| r.0),
+        Some(200),
+        "ready: the spool holds events"
+    );
+    kafka.restart();
+    sim.faults().silence(Target::All, None);
+    let duplicates = assert_all_delivered(&sim, &kafka.brokers(), Duration::from_secs(120));
+    eprintln!("Kafka down 60 s: 0 lost, {duplicates} duplicates");
+}
+
+#[test]
+fn a_sigkilled_bridge_delivers_everything_it_read_after_a_restart() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 3);
+    let sim = sim(6.0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_until("streaming into Kafka", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > 50.0
+    });
+    // Kafka stalls, so what the bridge reads from now on is only in its spool.
+    signal(kafka.pid(), "STOP");
+    let sent_before = sim.ledger_count(|e| e.kind == FrameKind::Event);
+    wait_until(
+        "events pile up in the spool",
+        Duration::from_secs(60),
+        || sim.ledger_count(|e| e.kind == FrameKind::Event) > sent_before + 100,
+    );
+    // Nothing more in flight on the socket: everything sent has been read once the bridge's
+    // spooled count covers the ledger.
+    sim.faults().silence(Target::All, None);
+    let sent = sim.ledger_count(|e| e.kind == FrameKind::Event) as f64;
+    wait_until(
+        "the bridge read every sent event",
+        Duration::from_secs(30),
+        || bridge.metric("genesys_bridge_events_spooled_total") >= sent,
+    );
+    bridge.signal("KILL");
+    bridge.wait_exit(Duration::from_secs(10));
+    signal(kafka.pid(), "CONT");
+    bridge.restart(&[]);
+    let duplicates = assert_all_delivered(&sim, &kafka.brokers(), Duration::from_secs(60));
+    eprintln!("SIGKILL: 0 lost, {duplicates} duplicates");
+}
+
+#[test]
+fn a_corrupt_spool_tail_is_cut_and_reported_and_the_records_before_it_delivered() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 3);
+    let sim = sim(6.0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    signal(kafka.pid(), "STOP");
+    wait_until("events in the spool", Duration::from_secs(60), || {
+        bridge.status()["spool"]["records"].as_u64().unwrap_or(0) > 100
+    });
+    sim.faults().silence(Target::All, None);
+    let sent = sim.ledger_count(|e| e.kind == FrameKind::Event) as f64;
+    wait_until(
+        "the bridge read every sent event",
+        Duration::from_secs(30),
+        || bridge.metric("genesys_bridge_events_spooled_total") >= sent,
+    );
+    bridge.signal("KILL");
+    bridge.wait_exit(Duration::from_secs(10));
+    // A crash mid-write: half a record of garbage at the end of the newest segment.
+    let spool = dir.path().join("spool");
+    let mut segments: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().expect("a segment");
+    let mut bytes = std::fs::read(newest).unwrap();
+    bytes.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    std::fs::write(newest, bytes).unwrap();
+    signal(kafka.pid(), "CONT");
+    bridge.restart(&[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    assert!(bridge.metric("genesys_bridge_spool_corrupt_cut_total") >= 1.0);
+    assert!(bridge
+        .logs()
+        .iter()
+        .any(|l| l.contains("spool recovery cut a torn or corrupt tail")));
+    assert_all_delivered(&sim, &kafka.brokers(), Duration::from_secs(60));
+}
+
+fn full_disk_run(policy: &str) -> (Bridge, SimHandle, Tansu, tempfile::TempDir) {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = sim(10.0);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("{EXTRA}\n");
+    let config = test_config(&sim.base_url(), &kafka.brokers(), &extra)
+        .replace("segment_bytes = 1048576", "segment_bytes = 16384")
+        .replace(
+            "max_bytes = 67108864",
+            &format!("max_bytes = 131072\nwhen_full = \"{policy}\""),
+        );
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    (bridge, sim, kafka, dir)
+}
+
+#[test]
+fn a_full_spool_with_drop_newest_writes_a_gap_record_and_loses_nothing_else() {
+    let (bridge, sim, kafka, _dir) = full_disk_run("drop-newest");
+    signal(kafka.pid(), "STOP");
+    wait_until("the spool fills and drops", Duration::from_secs(90), || {
+        bridge.metric("genesys_bridge_spool_dropped_total") >= 20.0
+    });
+    wait_until(
+        "not ready with a full spool",
+        Duration::from_secs(10),
+        || matches!(bridge.get("/readyz"), Some((503, body)) if body.contains("spool")),
+    );
+    signal(kafka.pid(), "CONT");
+    wait_until(
+        "the gap record for the dropped events",
+        Duration::from_secs(60),
+        || {
+            consume_all(&kafka.brokers(), &["status"])
+                .iter()
+                .any(|r| r.value.contains("spool_full_dropped"))
+        },
+    );
+    sim.faults().silence(Target::All, None);
+    let dropped = bridge.metric("genesys_bridge_spool_dropped_total") as usize;
+    let sent = sent_events(&sim);
+    wait_until(
+        "all but the dropped events delivered",
+        Duration::from_secs(60),
+        || {
+            let landed = consume_all(&kafka.brokers(), &DATA_TOPICS);
+            landed.len() + dropped >= sent.len()
+        },
+    );
+    let landed = consume_all(&kafka.brokers(), &DATA_TOPICS);
+    assert_eq!(
+        landed.len() + dropped,
+        sent.len(),
+        "only the counted drops are missing"
+    );
+}
+
+#[test]
+fn a_full_spool_with_block_pauses_the_socket_and_records_the_gap() {
+    let (bridge, sim, kafka, _dir) = full_disk_run("block");
+    signal(kafka.pid(), "STOP");
+    wait_until("the socket is paused", Duration::from_secs(90), || {
+        bridge.status()["shards"][0]["phase"] == "paused"
+    });
+    signal(kafka.pid(), "CONT");
+    bridge.wait_ready(Duration::from_secs(60));
+    wait_until("the gap record", Duration::from_secs(60), || {
+        consume_all(&kafka.brokers(), &["status"])
+            .iter()
+            .any(|r| r.value.contains("\"gap\"") && r.value.contains("spool_full"))
+    });
+    sim.faults().silence(Target::All, None);
+    // Block stops reading: what Genesys sent meanwhile is lost before the bridge, and the gap
+    // record says when. Everything sent outside the gap is in Kafka.
+    let gaps: Vec<(i64, i64)> = consume_all(&kafka.brokers(), &["status"])
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value).ok())
+        .filter(|v| v["type"] == "gap")
+        .map(|v| {
+            let ms = |key: &str| {
+                chrono::DateTime::parse_from_rfc3339(v[key].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis()
+            };
+            (ms("gap_start"), ms("gap_end"))
+        })
+        .collect();
+    assert!(!gaps.is_empty());
+    let sent: Vec<_> = sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.kind == FrameKind::Event)
+        .collect();
+    // Frames sent up to this long before the last frame read may still have been on the wire.
+    let slack_ms = 500;
+    let outside_gaps: Vec<&str> = sent
+        .iter()
+        .filter(|e| {
+            let at = e.sent_at.timestamp_millis();
+            !gaps
+                .iter()
+                .any(|(start, end)| at >= start - slack_ms && at <= *end)
+        })
+        .map(|e| &*e.frame)
+        .collect();
+    wait_until(
+        "every event sent outside the gap is in Kafka",
+        Duration::from_secs(60),
+        || {
+            let landed = consume_all(&kafka.brokers(), &DATA_TOPICS);
+            let values: std::collections::HashSet<&str> =
+                landed.iter().map(|r| r.value.as_str()).collect();
+            outside_gaps.iter().all(|frame| values.contains(frame))
+        },
+    );
+    eprintln!(
+        "block: {} events sent, {} outside the gap, all delivered",
+        sent.len(),
+        outside_gaps.len()
+    );
+}
+
+#[test]
+fn a_record_too_large_for_kafka_is_dead_lettered_and_the_stream_goes_on() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = sim(4.0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&sim.base_url(), &kafka.brokers(), EXTRA).replace(
+        "\"linger.ms\" = \"5\"",
+        "\"linger.ms\" = \"5\"\n\"message.max.bytes\" = \"20000\"",
+    );
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    sim.faults()
+        .malformed(Target::All, MalformedKind::Oversized, Some(50_000));
+    wait_until(
+        "the oversized record is dead-lettered",
+        Duration::from_secs(30),
+        || bridge.metric("genesys_bridge_dead_letters_total{reason=\"file\"}") >= 1.0,
+    );
+    let file = std::fs::read_to_string(dir.path().join("spool/dead-letters.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(file.lines().next().unwrap()).unwrap();
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("size"),
+        "{line}"
+    );
+    assert!(
+        line["payload"].as_str().unwrap().len() >= 50_000,
+        "the whole frame is kept"
+    );
+    let produced = bridge.metric("genesys_bridge_events_produced_total");
+    wait_until("the stream goes on", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > produced + 5.0
+    });
+}
