@@ -7,8 +7,9 @@ use actix::Addr;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use chrono::Utc;
 use genesys_actors::health::Health;
+use genesys_actors::messages::InjectFault;
 use genesys_actors::metrics::Metrics;
-use genesys_actors::supervisor::{CheckLive, PanicActor, Supervisor};
+use genesys_actors::supervisor::{CheckLive, FaultActor, Supervisor};
 use serde_json::json;
 
 #[derive(Clone)]
@@ -73,15 +74,31 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok().json(snapshot)
 }
 
-async fn inject_panic(state: web::Data<HttpState>, actor: web::Path<String>) -> HttpResponse {
+/// Test hooks (`[debug] fault_injection = true` only): `POST /debug/panic/{actor}`,
+/// `POST /debug/hang/{actor}?seconds=N`.
+async fn inject_fault(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
     if !state.fault_injection {
         return HttpResponse::NotFound().finish();
     }
+    let (kind, actor) = path.into_inner();
+    let fault = match kind.as_str() {
+        "panic" => InjectFault::Panic,
+        "hang" => {
+            let seconds = query
+                .get("seconds")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(30);
+            InjectFault::Hang(Duration::from_secs(seconds))
+        }
+        _ => return HttpResponse::NotFound().finish(),
+    };
     match state
         .supervisor
-        .send(PanicActor {
-            name: actor.into_inner(),
-        })
+        .send(FaultActor { name: actor, fault })
         .await
     {
         Ok(true) => HttpResponse::Accepted().finish(),
@@ -101,7 +118,7 @@ pub fn server(
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .route("/status", web::get().to(status))
-            .route("/debug/panic/{actor}", web::post().to(inject_panic))
+            .route("/debug/{kind}/{actor}", web::post().to(inject_fault))
     })
     .workers(1)
     .disable_signals()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::messages::{AreYouAlive, FrameSeen, InjectPanic, Reconnect, SendPing};
+use crate::messages::{AreYouAlive, FrameSeen, InjectFault, Reconnect, SendPing};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 
@@ -45,7 +45,9 @@ impl HeartbeatActor {
         }
     }
 
-    fn tick(&mut self) {
+    /// Updates each shard's heartbeat age, orders a reconnect for a shard silent for
+    /// `dead_after` (once per `dead_after`), and sends the JSON ping when `send_pings`.
+    fn check(&mut self, send_pings: bool) {
         let now = Instant::now();
         for (index, socket) in self.peers.sockets().into_iter().enumerate() {
             let shard = index as u32;
@@ -74,9 +76,11 @@ impl HeartbeatActor {
                 );
                 continue;
             }
-            // Refused when full: the socket actor is not keeping up with control messages;
-            // the missing pongs will make the watchdog act.
-            let _ = socket.try_send(SendPing, &self.metrics);
+            if send_pings {
+                // Refused when full: the socket actor is not keeping up with control messages;
+                // the missing pongs will make the watchdog act.
+                let _ = socket.try_send(SendPing, &self.metrics);
+            }
         }
     }
 }
@@ -95,40 +99,12 @@ impl Actor for HeartbeatActor {
         ctx.run_interval(tick_every, move |actor, _ctx| {
             // The watchdog checks often; pings go out once per ping interval.
             let now = Instant::now();
-            if now.duration_since(last_ping) >= ping_interval {
+            let send_pings = now.duration_since(last_ping) >= ping_interval;
+            if send_pings {
                 last_ping = now;
-                actor.tick();
-            } else {
-                actor.watch_only();
             }
+            actor.check(send_pings);
         });
-    }
-}
-
-impl HeartbeatActor {
-    fn watch_only(&mut self) {
-        let now = Instant::now();
-        for (index, socket) in self.peers.sockets().into_iter().enumerate() {
-            let shard = index as u32;
-            let last_seen = *self.last_seen.entry(shard).or_insert(now);
-            let recently_ordered = self
-                .ordered_at
-                .get(&shard)
-                .is_some_and(|at| now.duration_since(*at) < self.dead_after);
-            if now.duration_since(last_seen) >= self.dead_after && !recently_ordered {
-                self.ordered_at.insert(shard, now);
-                tracing::warn!(
-                    shard,
-                    "no heartbeat, pong or event within dead_after; replacing the socket"
-                );
-                let _ = socket.try_send(
-                    Reconnect {
-                        reason: "dead_socket",
-                    },
-                    &self.metrics,
-                );
-            }
-        }
     }
 }
 
@@ -148,11 +124,9 @@ impl Handler<AreYouAlive> for HeartbeatActor {
     fn handle(&mut self, _: AreYouAlive, _: &mut Self::Context) {}
 }
 
-impl Handler<InjectPanic> for HeartbeatActor {
+impl Handler<InjectFault> for HeartbeatActor {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
-        if self.allow_fault_injection {
-            panic!("injected panic in HeartbeatActor");
-        }
+    fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
+        fault.apply(self.allow_fault_injection, "HeartbeatActor");
     }
 }

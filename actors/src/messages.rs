@@ -60,11 +60,32 @@ pub struct StopReading;
 #[rtype(result = "()")]
 pub struct AreYouAlive;
 
-/// Test hook, only honoured when fault injection is enabled in the config: panic in a handler,
-/// so that tests can prove the supervisor restarts the actor.
+/// Test hook, only honoured when fault injection is enabled in the config: panic in a handler
+/// (tests prove the supervisor restarts the actor) or block the actor's thread (tests prove
+/// `/livez` notices a hung actor).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct InjectPanic;
+pub enum InjectFault {
+    Panic,
+    Hang(std::time::Duration),
+}
+
+impl InjectFault {
+    /// Applies the fault in the handler of `actor`, if fault injection is allowed.
+    pub fn apply(self, allowed: bool, actor: &str) {
+        if !allowed {
+            tracing::warn!(actor, "fault injection is disabled; ignored");
+            return;
+        }
+        match self {
+            InjectFault::Panic => panic!("injected panic in {actor}"),
+            InjectFault::Hang(duration) => {
+                tracing::warn!(actor, ?duration, "injected hang");
+                std::thread::sleep(duration);
+            }
+        }
+    }
+}
 
 /// Supervisor → KafkaProducerActor: flush what is in flight within the deadline (shutdown).
 #[derive(Message, Debug, Clone, Copy)]

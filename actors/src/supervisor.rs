@@ -17,7 +17,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::genesys::rest::GenesysClient;
 use crate::health::Health;
 use crate::heartbeat::HeartbeatActor;
-use crate::messages::{AreYouAlive, Flush, InjectPanic, StopReading, UpdateTopics};
+use crate::messages::{AreYouAlive, Flush, InjectFault, StopReading, UpdateTopics};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::producer::{KafkaProducerActor, KafkaSettings};
@@ -579,17 +579,18 @@ impl Handler<Shutdown> for Supervisor {
     }
 }
 
-/// Test hook: make the named actor panic (only with fault injection enabled).
+/// Test hook: make the named actor panic or hang (only with fault injection enabled).
 #[derive(Message)]
 #[rtype(result = "bool")]
-pub struct PanicActor {
+pub struct FaultActor {
     pub name: String,
+    pub fault: InjectFault,
 }
 
-impl Handler<PanicActor> for Supervisor {
+impl Handler<FaultActor> for Supervisor {
     type Result = bool;
 
-    fn handle(&mut self, msg: PanicActor, _: &mut Self::Context) -> bool {
+    fn handle(&mut self, msg: FaultActor, _: &mut Self::Context) -> bool {
         if !self.settings.allow_fault_injection {
             return false;
         }
@@ -598,11 +599,11 @@ impl Handler<PanicActor> for Supervisor {
         };
         let metrics = &self.metrics;
         let sent = match id {
-            ChildId::Producer => self.peers.producer.try_send(InjectPanic, metrics),
-            ChildId::Token => self.peers.token.try_send(InjectPanic, metrics),
-            ChildId::Heartbeat => self.peers.heartbeat.try_send(InjectPanic, metrics),
+            ChildId::Producer => self.peers.producer.try_send(msg.fault, metrics),
+            ChildId::Token => self.peers.token.try_send(msg.fault, metrics),
+            ChildId::Heartbeat => self.peers.heartbeat.try_send(msg.fault, metrics),
             ChildId::Socket(shard) => match self.peers.socket(shard) {
-                Some(slot) => slot.try_send(InjectPanic, metrics),
+                Some(slot) => slot.try_send(msg.fault, metrics),
                 None => return false,
             },
         };

@@ -10,7 +10,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::genesys::endpoints::Endpoints;
 use crate::genesys::rest::{AccessToken, GenesysClient, RestError};
 use crate::health::Health;
-use crate::messages::{AreYouAlive, InjectPanic, TokenChanged, TokenRejected};
+use crate::messages::{AreYouAlive, InjectFault, TokenChanged, TokenRejected};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::secret::Secret;
@@ -236,12 +236,10 @@ impl Handler<AreYouAlive> for TokenRefreshActor {
     fn handle(&mut self, _: AreYouAlive, _: &mut Self::Context) {}
 }
 
-impl Handler<InjectPanic> for TokenRefreshActor {
+impl Handler<InjectFault> for TokenRefreshActor {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
-        if self.allow_fault_injection {
-            panic!("injected panic in TokenRefreshActor");
-        }
+    fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
+        fault.apply(self.allow_fault_injection, "TokenRefreshActor");
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::health::Health;
-use crate::messages::{AreYouAlive, Flush, InjectPanic};
+use crate::messages::{AreYouAlive, Flush, InjectFault};
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 use routing::Router;
@@ -146,11 +146,9 @@ impl Handler<AreYouAlive> for KafkaProducerActor {
     fn handle(&mut self, _: AreYouAlive, _: &mut Self::Context) {}
 }
 
-impl Handler<InjectPanic> for KafkaProducerActor {
+impl Handler<InjectFault> for KafkaProducerActor {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
-        if self.settings.allow_fault_injection {
-            panic!("injected panic in KafkaProducerActor");
-        }
+    fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
+        fault.apply(self.settings.allow_fault_injection, "KafkaProducerActor");
     }
 }

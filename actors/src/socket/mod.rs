@@ -363,11 +363,9 @@ impl Handler<AreYouAlive> for SocketActor {
     fn handle(&mut self, _: AreYouAlive, _: &mut Self::Context) {}
 }
 
-impl Handler<InjectPanic> for SocketActor {
+impl Handler<InjectFault> for SocketActor {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
-        if self.settings.allow_fault_injection {
-            panic!("injected panic in SocketActor shard {}", self.shard);
-        }
+    fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
+        fault.apply(self.settings.allow_fault_injection, "SocketActor");
     }
 }
