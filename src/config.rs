@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use genesys_actors::backfill::BackfillSettings;
 use genesys_actors::backoff::ExponentialBackoff;
 use genesys_actors::genesys::endpoints::Endpoints;
 use genesys_actors::producer::routing::{Route, Router};
@@ -44,7 +45,50 @@ pub struct Config {
     #[serde(default)]
     pub supervisor: SupervisorConfig,
     #[serde(default)]
+    pub backfill: BackfillConfig,
+    #[serde(default)]
     pub debug: DebugConfig,
+}
+
+/// Filling gaps from the analytics conversation details query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackfillConfig {
+    pub enabled: bool,
+    /// Kafka topic of recovered conversations (one record per conversation, keyed by its id).
+    pub topic: String,
+    /// Wait this long after a gap ended before querying it (analytics data lags; pages of a
+    /// live interval shift).
+    #[serde(with = "humantime_serde")]
+    pub settle_delay: Duration,
+    /// Pad each gap by this much on both sides.
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+    /// Longer gaps are queried in intervals of at most this length.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Conversations per page (Genesys allows at most 100).
+    pub page_size: u32,
+    /// Request budget towards the analytics API (Genesys allows 300 per minute per token, shared
+    /// with the rest of the bridge).
+    pub requests_per_minute: u32,
+    /// Give up on a gap after this many failed requests in a row (reported on the status topic).
+    pub max_attempts: u32,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            topic: "genesys.backfill".into(),
+            settle_delay: Duration::from_secs(120),
+            margin: Duration::from_secs(60),
+            max_interval: Duration::from_secs(3600),
+            page_size: 100,
+            requests_per_minute: 60,
+            max_attempts: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -502,6 +546,31 @@ impl Config {
         self.spool
             .validate()
             .map_err(|e| invalid("spool", e.to_string()))?;
+        let b = &self.backfill;
+        if !(1..=100).contains(&b.page_size) {
+            return Err(invalid(
+                "backfill.page_size",
+                format!("must be 1..=100, got {}", b.page_size),
+            ));
+        }
+        if b.requests_per_minute == 0 {
+            return Err(invalid(
+                "backfill.requests_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if b.max_attempts == 0 {
+            return Err(invalid("backfill.max_attempts", "must be at least 1"));
+        }
+        if b.max_interval.is_zero() {
+            return Err(invalid(
+                "backfill.max_interval",
+                "must be greater than zero",
+            ));
+        }
+        if b.enabled && b.topic.trim().is_empty() {
+            return Err(invalid("backfill.topic", "must not be empty"));
+        }
         Ok(())
     }
 
@@ -554,6 +623,7 @@ impl Config {
                 properties: self.kafka.properties.clone(),
                 router: Router::new(&self.kafka.routes, &self.kafka.default_topic),
                 status_topic: self.kafka.status_topic.clone(),
+                backfill_topic: self.backfill.enabled.then(|| self.backfill.topic.clone()),
                 dead_letter_topic: self.kafka.dead_letter_topic.clone(),
                 dead_letter_file,
                 max_in_flight: self.kafka.max_in_flight,
@@ -572,6 +642,20 @@ impl Config {
                 crash_window: self.supervisor.crash_window,
                 watch_interval: Duration::from_millis(100),
             },
+            backfill: self.backfill.enabled.then(|| {
+                Arc::new(BackfillSettings {
+                    endpoints: self.endpoints().expect("validated"),
+                    request_timeout: self.genesys.request_timeout,
+                    settle_delay: self.backfill.settle_delay,
+                    margin: self.backfill.margin,
+                    max_chunk: self.backfill.max_interval,
+                    page_size: self.backfill.page_size,
+                    requests_per_minute: self.backfill.requests_per_minute,
+                    max_attempts: self.backfill.max_attempts,
+                    backoff: s.backoff,
+                    allow_fault_injection: fault_injection,
+                })
+            }),
             allow_fault_injection: fault_injection,
         })
     }

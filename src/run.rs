@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::{Actor, Addr, System};
+use genesys_actors::backfill::queue::BackfillQueue;
 use genesys_actors::health::Health;
 use genesys_actors::metrics::Metrics;
 use genesys_actors::spool::Spool;
@@ -130,8 +131,34 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
     } else {
         tracing::info!(replayable = report.records_replayable, "spool opened");
     }
+    let backfill_queue = if config.backfill.enabled {
+        match BackfillQueue::open(&config.spool.dir) {
+            Ok(queue) => {
+                let pending = queue.pending().len();
+                if pending > 0 {
+                    tracing::info!(pending, "resuming backfill of gaps from an earlier run");
+                }
+                Some(queue)
+            }
+            Err(error) => {
+                eprintln!(
+                    "cannot open the backfill queue in {}: {error}",
+                    config.spool.dir.display()
+                );
+                return Err(ExitCode::from(EXIT_SPOOL));
+            }
+        }
+    } else {
+        None
+    };
     // HTTP first, so that probes answer while everything else starts.
-    let supervisor = Supervisor::new(settings, spool.clone(), health.clone(), metrics.clone());
+    let supervisor = Supervisor::new(
+        settings,
+        spool.clone(),
+        health.clone(),
+        metrics.clone(),
+        backfill_queue,
+    );
     let supervisor_addr = Supervisor::start(supervisor);
     let state = HttpState {
         health: health.clone(),

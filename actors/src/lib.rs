@@ -8,6 +8,7 @@
 //! acknowledged it.
 #![forbid(unsafe_code)]
 
+pub mod backfill;
 pub mod backoff;
 pub mod genesys;
 pub mod health;

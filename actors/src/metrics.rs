@@ -60,6 +60,10 @@ pub struct Metrics {
     pub spool_fsync_seconds_max: Gauge<f64, AtomicU64>,
     pub spool_corrupt_cut: Counter,
     pub in_flight: Gauge,
+    pub gaps_backfilled: Counter,
+    pub backfill_conversations: Counter,
+    pub backfill_requests: Counter,
+    pub backfill_failures: Counter,
 }
 
 impl Metrics {
@@ -94,6 +98,10 @@ impl Metrics {
             spool_fsync_seconds_max: Gauge::default(),
             spool_corrupt_cut: Counter::default(),
             in_flight: Gauge::default(),
+            gaps_backfilled: Counter::default(),
+            backfill_conversations: Counter::default(),
+            backfill_requests: Counter::default(),
+            backfill_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,6 +251,26 @@ impl Metrics {
             "kafka_in_flight",
             "Records handed to the Kafka client and not yet acknowledged",
             metrics.in_flight.clone(),
+        );
+        registry.register(
+            "backfill_gaps",
+            "Gaps filled from the analytics API",
+            metrics.gaps_backfilled.clone(),
+        );
+        registry.register(
+            "backfill_conversations",
+            "Conversations recovered by backfill",
+            metrics.backfill_conversations.clone(),
+        );
+        registry.register(
+            "backfill_requests",
+            "Analytics API requests made by backfill",
+            metrics.backfill_requests.clone(),
+        );
+        registry.register(
+            "backfill_failures",
+            "Failed analytics API requests of backfill",
+            metrics.backfill_failures.clone(),
         );
         Self {
             registry,

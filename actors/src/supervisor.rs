@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 
+use crate::backfill::queue::BackfillQueue;
+use crate::backfill::{BackfillActor, BackfillSettings};
 use crate::backoff::ExponentialBackoff;
 use crate::genesys::rest::GenesysClient;
 use crate::health::Health;
@@ -21,6 +23,7 @@ use crate::messages::{AreYouAlive, Flush, InjectFault, StopReading, UpdateTopics
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::producer::{KafkaProducerActor, KafkaSettings};
+use crate::slot::SlotError;
 use crate::socket::{SocketActor, SocketSettings};
 use crate::spool::Spool;
 use crate::token::{TokenCell, TokenRefreshActor, TokenSettings};
@@ -56,6 +59,8 @@ pub struct BridgeSettings {
     pub kafka: Arc<KafkaSettings>,
     pub topics: TopicSettings,
     pub supervisor: SupervisorSettings,
+    /// Backfill of gaps from the analytics API; `None` when disabled.
+    pub backfill: Option<Arc<BackfillSettings>>,
     pub allow_fault_injection: bool,
 }
 
@@ -69,6 +74,7 @@ enum ChildId {
     Producer,
     Token,
     Heartbeat,
+    Backfill,
     Socket(u32),
 }
 
@@ -78,6 +84,7 @@ impl ChildId {
             ChildId::Producer => "producer",
             ChildId::Token => "token",
             ChildId::Heartbeat => "heartbeat",
+            ChildId::Backfill => "backfill",
             ChildId::Socket(_) => "socket",
         }
     }
@@ -87,6 +94,7 @@ impl ChildId {
             "producer" => Some(ChildId::Producer),
             "token" => Some(ChildId::Token),
             "heartbeat" => Some(ChildId::Heartbeat),
+            "backfill" => Some(ChildId::Backfill),
             other => other
                 .strip_prefix("socket")
                 .map(|n| n.trim_start_matches('-').parse().unwrap_or(0))
@@ -114,6 +122,8 @@ pub struct Supervisor {
     client: Option<GenesysClient>,
     shutting_down: bool,
     expanding: bool,
+    backfill_queue: Option<BackfillQueue>,
+    backfill: Option<Addr<BackfillActor>>,
 }
 
 impl Supervisor {
@@ -122,6 +132,7 @@ impl Supervisor {
         spool: Spool,
         health: Health,
         metrics: Arc<Metrics>,
+        backfill_queue: Option<BackfillQueue>,
     ) -> Self {
         Self {
             settings,
@@ -135,6 +146,8 @@ impl Supervisor {
             client: None,
             shutting_down: false,
             expanding: false,
+            backfill_queue,
+            backfill: None,
         }
     }
 
@@ -182,9 +195,21 @@ impl Supervisor {
                 });
                 self.peers.heartbeat.set(Some(addr));
             }
+            ChildId::Backfill => {
+                let (Some(backfill), Some(queue)) =
+                    (settings.backfill.clone(), self.backfill_queue.clone())
+                else {
+                    return;
+                };
+                let addr = BackfillActor::start_in_arbiter(&handle, move |_| {
+                    BackfillActor::new(backfill, queue, spool, token, metrics)
+                });
+                self.backfill = Some(addr);
+            }
             ChildId::Socket(shard) => {
                 let topics = self.shards.get(shard as usize).cloned().unwrap_or_default();
                 let slot = self.peers.socket_slot(shard);
+                let backfill = self.backfill_queue.clone();
                 let addr = SocketActor::start_in_arbiter(&handle, move |_| {
                     SocketActor::new(
                         shard,
@@ -195,6 +220,7 @@ impl Supervisor {
                         peers,
                         health,
                         metrics,
+                        backfill,
                     )
                 });
                 slot.set(Some(addr));
@@ -223,6 +249,7 @@ impl Supervisor {
             ChildId::Producer => self.peers.producer.get().is_some(),
             ChildId::Token => self.peers.token.get().is_some(),
             ChildId::Heartbeat => self.peers.heartbeat.get().is_some(),
+            ChildId::Backfill => self.backfill.as_ref().is_some_and(|a| a.connected()),
             ChildId::Socket(shard) => self
                 .peers
                 .socket(shard)
@@ -403,6 +430,9 @@ impl Actor for Supervisor {
         self.start_child(ChildId::Producer);
         self.start_child(ChildId::Token);
         self.start_child(ChildId::Heartbeat);
+        if self.settings.backfill.is_some() && self.backfill_queue.is_some() {
+            self.start_child(ChildId::Backfill);
+        }
         self.expand_topics(ctx);
         ctx.run_interval(self.settings.supervisor.watch_interval, |actor, ctx| {
             actor.watch(ctx)
@@ -602,6 +632,10 @@ impl Handler<FaultActor> for Supervisor {
             ChildId::Producer => self.peers.producer.try_send(msg.fault, metrics),
             ChildId::Token => self.peers.token.try_send(msg.fault, metrics),
             ChildId::Heartbeat => self.peers.heartbeat.try_send(msg.fault, metrics),
+            ChildId::Backfill => match self.backfill.as_ref() {
+                Some(addr) => addr.try_send(msg.fault).map_err(|_| SlotError::Full),
+                None => return false,
+            },
             ChildId::Socket(shard) => match self.peers.socket(shard) {
                 Some(slot) => slot.try_send(msg.fault, metrics),
                 None => return false,

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::ids;
 use crate::link::{Outgoing, SocketCtl, SocketLink};
+use crate::missed::{MissReason, MissedLog};
 
 /// Why a channel died. Decides the answer to a later upgrade attempt (401 or 404).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -319,17 +320,23 @@ impl Registry {
         self.index.contains_key(topic)
     }
 
-    /// Queues the same frame on every connected, non-silent socket subscribed to the topic.
-    pub fn deliver(&self, out: &Outgoing) {
+    /// Queues the same frame on every connected, non-silent socket subscribed to the topic;
+    /// every other subscribed channel gets the event in the missed log.
+    pub fn deliver(&self, out: &Outgoing, missed: &MissedLog) {
         let Some(ids) = self.index.get(&*out.topic) else {
             return;
         };
         for id in ids {
-            let Some(link) = self.live.get(id).and_then(|c| c.socket.as_ref()) else {
+            let Some(channel) = self.live.get(id) else {
                 continue;
             };
-            if !link.is_silent() {
-                link.push(out.clone());
+            let result = match &channel.socket {
+                None => Err(MissReason::NoSocket),
+                Some(link) if link.is_silent() => Err(MissReason::Silenced),
+                Some(link) => link.push(out.clone()),
+            };
+            if let Err(reason) = result {
+                missed.record(id, out, reason);
             }
         }
     }

@@ -1,14 +1,16 @@
-//! `/sim/*`: the simulator's own control surface (ledger, channels, rate, queues, info), used
-//! by tests and scripts driving the binary. Faults live in `faults.rs` (`POST /sim/faults`).
+//! `/sim/*`: the simulator's own control surface (ledger, missed log, REST request counts,
+//! channels, rate, queues, info), used by tests and scripts driving the binary. Faults live in
+//! `faults.rs` (`POST /sim/faults`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::errors::bad_request;
 use crate::ledger::{FrameKind, LedgerEntry};
+use crate::missed::{MissReason, MissedEntry};
 use crate::state::Sim;
 
 fn parse_kind(s: &str) -> Option<FrameKind> {
@@ -22,15 +24,40 @@ fn parse_kind(s: &str) -> Option<FrameKind> {
     })
 }
 
+fn since(q: &HashMap<String, String>) -> Result<u64, HttpResponse> {
+    match q.get("since").map(|s| s.parse::<u64>()) {
+        None => Ok(0),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(_)) => Err(bad_request("since must be a sequence number")),
+    }
+}
+
+/// A JSON array, or JSON lines with `format=jsonl`.
+fn entries_response<T: Serialize>(q: &HashMap<String, String>, entries: &[T]) -> HttpResponse {
+    match q.get("format").map(String::as_str) {
+        None | Some("json") => HttpResponse::Ok().json(entries),
+        Some("jsonl") => {
+            let mut out = String::new();
+            for e in entries {
+                let line = serde_json::to_string(e).expect("entry serialises");
+                let _ = writeln!(out, "{line}");
+            }
+            HttpResponse::Ok()
+                .content_type("application/x-ndjson")
+                .body(out)
+        }
+        Some(other) => bad_request(format!("format must be json or jsonl, got {other}")),
+    }
+}
+
 /// `GET /sim/ledger?format=json|jsonl&since=<seq>&kind=<kind>&channel=<id>`.
 pub(crate) async fn ledger(
     sim: web::Data<Sim>,
     q: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    let since = match q.get("since").map(|s| s.parse::<u64>()) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return bad_request("since must be a sequence number"),
+    let since = match since(&q) {
+        Ok(n) => n,
+        Err(resp) => return resp,
     };
     let kind = match q.get("kind") {
         None => None,
@@ -43,20 +70,53 @@ pub(crate) async fn ledger(
     let entries: Vec<LedgerEntry> = sim.ledger.snapshot(since, |e| {
         kind.is_none_or(|k| e.kind == k) && channel.as_ref().is_none_or(|c| *c == e.channel_id)
     });
-    match q.get("format").map(String::as_str) {
-        None | Some("json") => HttpResponse::Ok().json(entries),
-        Some("jsonl") => {
-            let mut out = String::new();
-            for e in &entries {
-                let line = serde_json::to_string(e).expect("ledger entry serialises");
-                let _ = writeln!(out, "{line}");
-            }
-            HttpResponse::Ok()
-                .content_type("application/x-ndjson")
-                .body(out)
-        }
-        Some(other) => bad_request(format!("format must be json or jsonl, got {other}")),
-    }
+    entries_response(&q, &entries)
+}
+
+/// `GET /sim/missed?format=json|jsonl&since=<seq>&channel=<id>&reason=<reason>`.
+pub(crate) async fn missed(
+    sim: web::Data<Sim>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let since = match since(&q) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let reason = match q.get("reason") {
+        None => None,
+        Some(r) => match parse_reason(r) {
+            Some(reason) => Some(reason),
+            None => return bad_request(format!("unknown reason {r}")),
+        },
+    };
+    let channel = q.get("channel").cloned();
+    let entries: Vec<MissedEntry> = sim.missed.snapshot(since, |e| {
+        reason.is_none_or(|r| e.reason == r) && channel.as_ref().is_none_or(|c| *c == e.channel_id)
+    });
+    entries_response(&q, &entries)
+}
+
+fn parse_reason(s: &str) -> Option<MissReason> {
+    Some(match s {
+        "no_socket" => MissReason::NoSocket,
+        "silenced" => MissReason::Silenced,
+        "socket_dropped" => MissReason::SocketDropped,
+        "too_slow" => MissReason::TooSlow,
+        _ => return None,
+    })
+}
+
+/// `GET /sim/requests?since=<seq>`: REST call counters, and the logged calls from `since`.
+pub(crate) async fn requests(
+    sim: web::Data<Sim>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let since = match since(&q) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let stats = sim.requests.lock().expect("requests lock").snapshot(since);
+    HttpResponse::Ok().json(stats)
 }
 
 /// `GET /sim/channels`: every channel, live and dead.
@@ -113,5 +173,7 @@ pub(crate) async fn info(sim: web::Data<Sim>) -> HttpResponse {
         "tokensIssued": tokens_issued,
         "conversations": conversations,
         "ledgerTotal": sim.ledger.total(),
+        "missedTotal": sim.missed.total(),
+        "restRequests": sim.requests.lock().expect("requests lock").total(),
     }))
 }

@@ -106,6 +106,13 @@ pub enum Fault {
         #[serde(default)]
         client_id: Option<String>,
     },
+    /// Send `v2.system.no_longer_subscribed.{channelId}` on the socket, clear the channel's
+    /// subscriptions, then close the socket (close frame). The channel stays alive, without
+    /// subscriptions. A socket fault: only channels with a socket are affected.
+    NoLongerSubscribed {
+        #[serde(default)]
+        target: Target,
+    },
     /// Answer REST calls with 429/500 or late.
     Rest(RestFault),
     /// Remove every pending REST fault.
@@ -252,6 +259,31 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
             outcome.tokens = tokens.len();
             outcome.channels = kill_channels_of(sim, &tokens, ChannelDeath::TokenRevoked);
         }
+        Fault::NoLongerSubscribed { target } => {
+            let mut reg = sim.channels.lock().expect("channels lock");
+            for id in resolve(&reg.live_ids(), &target) {
+                let Some(channel) = reg.get_mut(&id) else {
+                    continue;
+                };
+                let Some(link) = channel.socket.take() else {
+                    continue;
+                };
+                channel.silent_until = None;
+                let client_id = channel.client_id.clone();
+                reg.set_topics(&id, Vec::new());
+                let ctl = sim.system_ctl(
+                    &id,
+                    &client_id,
+                    &format!("v2.system.no_longer_subscribed.{id}"),
+                    "no_longer_subscribed",
+                    "no_longer_subscribed",
+                    "The channel is no longer subscribed to its topics",
+                );
+                let _ = link.ctl.send(ctl);
+                link.close("no longer subscribed");
+                outcome.channels.push(id);
+            }
+        }
         Fault::Rest(rest) => sim.rest_faults.lock().expect("faults lock").push(rest),
         Fault::ClearRest => sim.rest_faults.lock().expect("faults lock").clear(),
         Fault::Malformed { target, kind, size } => {
@@ -335,6 +367,8 @@ pub(crate) async fn faults_endpoint(sim: web::Data<Sim>, body: web::Bytes) -> Ht
             target: Target::Channel(_),
             ..
         } | Fault::ExpireChannel {
+            target: Target::Channel(_)
+        } | Fault::NoLongerSubscribed {
             target: Target::Channel(_)
         } | Fault::Malformed {
             target: Target::Channel(_),
@@ -426,6 +460,13 @@ impl Faults<'_> {
         self.apply(fault).tokens
     }
 
+    /// Sends `v2.system.no_longer_subscribed.{channelId}`, clears the channel's subscriptions
+    /// and closes the socket; returns the affected (connected) channel ids.
+    pub fn no_longer_subscribed(&self, target: impl Into<Target>) -> Vec<String> {
+        let target = target.into();
+        self.apply(Fault::NoLongerSubscribed { target }).channels
+    }
+
     /// Adds a REST fault.
     pub fn rest(&self, fault: RestFault) {
         self.apply(Fault::Rest(fault));
@@ -481,6 +522,13 @@ mod tests {
         let Fault::Rest(r) = f else { panic!() };
         assert_eq!(r.retry_after_s, 3);
         assert_eq!(r.count, Some(2));
+        let f: Fault = serde_json::from_str(r#"{"fault":"no_longer_subscribed"}"#).unwrap();
+        assert_eq!(
+            f,
+            Fault::NoLongerSubscribed {
+                target: Target::All
+            }
+        );
         let f: Fault = serde_json::from_str(r#"{"fault":"expire_tokens"}"#).unwrap();
         assert_eq!(f, Fault::ExpireTokens);
         let f: Fault =

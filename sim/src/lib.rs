@@ -3,7 +3,8 @@
 //! It serves OAuth client credentials, notification channels and subscriptions, queue and user
 //! lists, the analytics conversation-details query, and the streaming WebSocket (on a second
 //! listener), driven by a seeded conversation model. Every frame handed to a socket is recorded
-//! in a ledger, and faults can be injected from the library or `POST /sim/faults`.
+//! in a ledger, every event a subscribed channel could not be handed in the missed log, every
+//! REST call is counted, and faults can be injected from the library or `POST /sim/faults`.
 //!
 //! ```no_run
 //! let sim = genesys_sim::Simulator::start(genesys_sim::SimConfig::default())?;
@@ -30,7 +31,9 @@ mod frames;
 mod ids;
 mod ledger;
 mod link;
+mod missed;
 mod model;
+mod requests;
 mod rest;
 mod rest_faults;
 mod server;
@@ -48,6 +51,8 @@ pub use config::{
 pub use faults::{Fault, FaultOutcome, Faults, RestFault, RestFaultKind, RestScope, Target};
 pub use frames::MalformedKind;
 pub use ledger::{FrameKind, LedgerEntry};
+pub use missed::{MissReason, MissedEntry};
+pub use requests::{EndpointGroup, GroupCounts, RestRequest, RestRequestStats};
 
 /// Entry point: `Simulator::start(cfg)`.
 pub struct Simulator;
@@ -111,6 +116,29 @@ impl SimHandle {
     /// Number of ledger entries matching the filter, without copying them.
     pub fn ledger_count(&self, filter: impl Fn(&LedgerEntry) -> bool) -> usize {
         self.sim.ledger.count(filter)
+    }
+
+    /// Every event a live channel subscribed to its topic missed (no socket, silenced, socket
+    /// being dropped, too slow), in order. With the ledger, it accounts for every event
+    /// published to every subscribed live channel.
+    pub fn missed(&self) -> Vec<MissedEntry> {
+        self.sim.missed.snapshot(0, |_| true)
+    }
+
+    /// Missed-log entries with `seq >= since`.
+    pub fn missed_since(&self, since: u64) -> Vec<MissedEntry> {
+        self.sim.missed.snapshot(since, |_| true)
+    }
+
+    /// Number of missed-log entries matching the filter, without copying them.
+    pub fn missed_count(&self, filter: impl Fn(&MissedEntry) -> bool) -> usize {
+        self.sim.missed.count(filter)
+    }
+
+    /// REST calls to `/oauth/*` and `/api/*` answered so far (injected faults included): counts
+    /// per endpoint group, status and route, and the most recent calls with timestamps.
+    pub fn rest_requests(&self) -> RestRequestStats {
+        self.sim.requests.lock().expect("requests lock").snapshot(0)
     }
 
     /// Fault injection.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::frames::MalformedKind;
+use crate::missed::MissReason;
 
 /// An event frame queued for one socket. The `Arc`s are shared by every channel receiving the
 /// same event, so they all send byte-identical text.
@@ -71,16 +72,19 @@ impl SocketLink {
     }
 
     /// Queues an event; a full queue means the client does not keep up: drop it like Genesys.
-    pub fn push(&self, out: Outgoing) {
+    /// On failure, says why the event was not queued.
+    pub fn push(&self, out: Outgoing) -> Result<(), MissReason> {
         match self.data.try_send(out) {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !*self.stop.borrow() {
-                    tracing::warn!(conn = self.conn_id, "socket too slow, dropping it");
-                    self.abort();
+                if *self.stop.borrow() {
+                    return Err(MissReason::SocketDropped);
                 }
+                tracing::warn!(conn = self.conn_id, "socket too slow, dropping it");
+                self.abort();
+                Err(MissReason::TooSlow)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(MissReason::SocketDropped),
         }
     }
 }

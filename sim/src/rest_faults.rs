@@ -7,10 +7,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{web, HttpMessage as _};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::api_error;
+use crate::requests::InjectedFault;
 use crate::state::Sim;
 
 /// What a REST fault answers.
@@ -144,6 +145,7 @@ pub(crate) async fn rest_fault_layer(
     let Some(fault) = fault else {
         return next.call(req).await.map(|r| r.map_into_boxed_body());
     };
+    req.extensions_mut().insert(InjectedFault(fault.kind));
     match fault.kind {
         RestFaultKind::Delay => {
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::SimConfig;
 use crate::engine::{Engine, EngineCmd};
 use crate::state::{run_janitor, Sim};
-use crate::{analytics, auth, control, faults, rest, rest_faults, ws};
+use crate::{analytics, auth, control, faults, requests, rest, rest_faults, ws};
 
 /// Largest request body accepted (subscription lists of well over 1,000 topics must reach the
 /// handler, which answers 400, rather than being cut off with 413).
@@ -112,6 +112,8 @@ async fn serve(
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .app_data(web::JsonConfig::default().limit(MAX_BODY))
             .wrap(from_fn(rest_faults::rest_fault_layer))
+            // Outermost: sees the answers of injected faults too.
+            .wrap(from_fn(requests::request_log_layer))
             .configure(rest_routes)
     })
     .workers(workers)
@@ -175,6 +177,8 @@ fn rest_routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/sim/faults", web::post().to(faults::faults_endpoint))
         .route("/sim/ledger", web::get().to(control::ledger))
+        .route("/sim/missed", web::get().to(control::missed))
+        .route("/sim/requests", web::get().to(control::requests))
         .route("/sim/channels", web::get().to(control::channels))
         .route("/sim/rate", web::post().to(control::set_rate))
         .route("/sim/queues", web::post().to(control::add_queue))

@@ -1,7 +1,8 @@
 //! The simulator's shared state and the janitor that enforces lifetimes.
 //!
 //! Locks are plain `std` mutexes held for short, non-async sections. Lock order, where two are
-//! held: `auth` before `channels`; `channels` before `sys_rng`; the ledger lock is a leaf.
+//! held: `auth` before `channels`; `channels` before `sys_rng`; the ledger, missed and
+//! requests locks are leaves.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +21,8 @@ use crate::frames::{self, SystemMessage};
 use crate::ids;
 use crate::ledger::Ledger;
 use crate::link::SocketCtl;
+use crate::missed::MissedLog;
+use crate::requests::RequestLog;
 use crate::rest_faults::RestFaults;
 
 /// How often the janitor checks token and channel lifetimes.
@@ -34,6 +37,8 @@ pub(crate) struct Sim {
     pub auth: Mutex<AuthState>,
     pub channels: Mutex<Registry>,
     pub ledger: Ledger,
+    pub missed: MissedLog,
+    pub requests: Mutex<RequestLog>,
     pub rest_faults: Mutex<RestFaults>,
     pub history: Mutex<History>,
     pub sys_rng: Mutex<SmallRng>,
@@ -57,6 +62,8 @@ impl Sim {
             auth: Mutex::new(AuthState::new(cfg.seed)),
             channels: Mutex::new(Registry::new(cfg.seed)),
             ledger: Ledger::new(cfg.ledger_capacity),
+            missed: MissedLog::new(cfg.ledger_capacity),
+            requests: Mutex::new(RequestLog::new(cfg.ledger_capacity)),
             rest_faults: Mutex::new(RestFaults::default()),
             history: Mutex::new(History::new(cfg.history_capacity)),
             sys_rng: Mutex::new(sys_rng),

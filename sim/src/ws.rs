@@ -2,8 +2,9 @@
 //!
 //! One task per connection owns the actix-ws session. It sends queued events, heartbeats and
 //! pongs, obeys control messages (close, abort, system frames, malformed frames, bursts), and
-//! records every frame the session accepted in the ledger. Control messages overtake queued
-//! events (`biased` select), so a close or drop is immediate.
+//! records every frame the session accepted in the ledger (and every queued event it did not
+//! send in the missed log). Control messages overtake queued events (`biased` select), so a
+//! close or drop is immediate.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::frames::{self, HEARTBEAT_FRAME, METADATA_TOPIC, PONG_FRAME};
 use crate::ids;
 use crate::ledger::{FrameKind, Sent};
 use crate::link::{Outgoing, SocketCtl, SocketLink, CLOSE_SEND_TIMEOUT};
+use crate::missed::MissReason;
 use crate::state::Sim;
 
 /// Frames built and sent per step of a burst, between checks of the control queue.
@@ -152,6 +154,16 @@ impl SocketTask {
                 break end;
             }
         };
+        // Events still queued are discarded: the channel missed them. Closing the queue first
+        // makes later pushes fail, so that `deliver` records those as missed too.
+        data_rx.close();
+        let mut discarded = Vec::new();
+        while let Ok(out) = data_rx.try_recv() {
+            discarded.push(out);
+        }
+        self.sim
+            .missed
+            .record_all(&self.channel_id, &discarded, MissReason::SocketDropped);
         self.finish(end).await;
         drop(stream);
         self.sim
@@ -212,15 +224,33 @@ impl SocketTask {
         }
     }
 
+    /// Sends a queued event; one that is not sent goes to the missed log.
     async fn on_event(&mut self, out: Outgoing) -> Result<(), End> {
-        self.send_or_end(Sent {
-            topic: out.topic,
+        if self.is_silent() {
+            self.sim
+                .missed
+                .record(&self.channel_id, &out, MissReason::Silenced);
+            return Ok(());
+        }
+        let sent = Sent {
+            topic: out.topic.clone(),
             kind: FrameKind::Event,
-            frame: out.frame,
+            frame: out.frame.clone(),
             binary: None,
-            correlation_id: Some(out.correlation_id),
-        })
-        .await
+            correlation_id: Some(out.correlation_id.clone()),
+        };
+        let result = self.send(sent).await;
+        if result.is_err() {
+            self.sim
+                .missed
+                .record(&self.channel_id, &out, MissReason::SocketDropped);
+        }
+        match result {
+            Ok(()) => Ok(()),
+            // The pending control message is handled on the next loop turn.
+            Err(NotSent::Stopped) => Ok(()),
+            Err(NotSent::Closed) => Err(End::Gone),
+        }
     }
 
     async fn on_heartbeat(&mut self) -> Result<(), End> {

@@ -352,3 +352,90 @@ async fn faults_on_all_channels() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[actix_rt::test]
+async fn no_longer_subscribed_sends_system_frame_clears_topics_and_closes() {
+    let sim = start(SimConfig {
+        rate_per_sec: 20.0,
+        ..fast_config()
+    });
+    let api = Api::login(&sim.base_url()).await;
+    let topics = queue_topics(&sim);
+    let (id, uri) = api.channel().await;
+    let (reference, _) = api.channel().await;
+    api.subscribe_ok(&id, &topics).await;
+    api.subscribe_ok(&reference, &topics).await;
+    let mut socket = Socket::connect(&uri).await;
+    socket
+        .next_json_where(|v| v["topicName"] != "channel.metadata")
+        .await;
+    let resp = post_fault(
+        &sim.base_url(),
+        json!({"fault": "no_longer_subscribed", "target": id}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    assert_eq!(resp.body["channels"], json!([id]));
+    let topic = format!("v2.system.no_longer_subscribed.{id}");
+    let (text, v) = socket
+        .next_json_where(|v| {
+            v["topicName"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("v2.system."))
+        })
+        .await;
+    assert_eq!(v["topicName"], topic.as_str());
+    let body = &v["eventBody"];
+    assert_eq!(body["channelId"], id.as_str());
+    assert_eq!(body["systemTopicType"], "no_longer_subscribed");
+    assert_eq!(body["organizationId"], sim.org_id().as_str());
+    assert_eq!(body["oauthClientId"], "sim-client");
+    assert_eq!(body["correlationId"], v["metadata"]["CorrelationId"]);
+    assert!(body["message"].is_string() && body["reason"].is_string());
+    assert_eq!(
+        socket.end().await,
+        Seen::Close(Some((1000, "no longer subscribed".to_owned())))
+    );
+    let system: Vec<_> = sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.channel_id == id && e.kind == FrameKind::System)
+        .collect();
+    assert_eq!(system.len(), 1);
+    assert_eq!(system[0].topic, topic);
+    assert_eq!(&*system[0].frame, text.as_str());
+
+    // The channel lives on, without subscriptions: nothing more is due to it.
+    let listed = api
+        .get(&format!(
+            "/api/v2/notifications/channels/{id}/subscriptions"
+        ))
+        .await;
+    assert_eq!(listed.body["entities"], json!([]));
+    let info = sim.channels().into_iter().find(|c| c.id == id).unwrap();
+    assert!(info.alive && !info.connected && info.topics.is_empty());
+    let sent = sim.ledger_count(|e| e.channel_id == id && e.kind == FrameKind::Event);
+    let missed = sim.missed_count(|e| e.channel_id == id);
+    let of_reference = sim.missed_count(|e| e.channel_id == reference);
+    until("more events published", || {
+        sim.missed_count(|e| e.channel_id == reference) >= of_reference + 5
+    })
+    .await;
+    assert_eq!(
+        sim.ledger_count(|e| e.channel_id == id && e.kind == FrameKind::Event),
+        sent
+    );
+    assert_eq!(sim.missed_count(|e| e.channel_id == id), missed);
+    let mut again = Socket::connect(&uri).await;
+    again.next_json_where(is_heartbeat).await;
+
+    // A socket fault: a channel without a socket is not affected (404 over HTTP).
+    assert!(sim.faults().no_longer_subscribed(&reference).is_empty());
+    let resp = post_fault(
+        &sim.base_url(),
+        json!({"fault": "no_longer_subscribed", "target": reference}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    assert_eq!(sim.faults().no_longer_subscribed("all"), vec![id.clone()]);
+}

@@ -236,6 +236,26 @@ impl GenesysClient {
         Ok(response.entities)
     }
 
+    /// `POST /api/v2/analytics/conversations/details/query`: one page.
+    pub async fn details_query(
+        &self,
+        token: &Secret,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, RestError> {
+        let url = format!(
+            "{}/api/v2/analytics/conversations/details/query",
+            self.endpoints.api
+        );
+        let json = serde_json::to_vec(body).map_err(|e| RestError::Decode(e.to_string()))?;
+        let request = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose())
+            .insert_header((header::CONTENT_TYPE, "application/json"));
+        let answer = send(request, Some(json)).await?;
+        serde_json::from_slice(&answer).map_err(|e| RestError::Decode(e.to_string()))
+    }
+
     /// Every entity of a paged listing (`/api/v2/routing/queues`, `/api/v2/users`).
     pub async fn list_all(
         &self,

@@ -32,6 +32,8 @@ pub struct KafkaSettings {
     pub router: Router,
     /// Gap and lifecycle records.
     pub status_topic: String,
+    /// Conversations recovered by backfill (unset: the status topic).
+    pub backfill_topic: Option<String>,
     /// Records Kafka refused for good; `None` writes them to `dead_letter_file` only.
     pub dead_letter_topic: Option<String>,
     /// Last resort for dead letters (JSON lines).

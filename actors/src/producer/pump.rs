@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::errors::{classify, label, Consequence};
 use super::KafkaSettings;
+use crate::backfill::{BackfillPayload, BACKFILL};
 use crate::genesys::wire::event_meta;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -343,6 +344,34 @@ impl Pump {
                     )
                 }
             },
+            kind if kind == BACKFILL => {
+                let Ok(payload) = serde_json::from_slice::<BackfillPayload<'_>>(&record.payload)
+                else {
+                    return self.dead_letter(entry, "(backfill)", "unreadable backfill record");
+                };
+                let topic = self
+                    .settings
+                    .backfill_topic
+                    .clone()
+                    .unwrap_or_else(|| self.settings.status_topic.clone());
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "bridge-record",
+                        value: Some("backfill"),
+                    })
+                    .insert(Header {
+                        key: "backfill-gap",
+                        value: Some(payload.gap.as_str()),
+                    });
+                let value = payload.conversation.get().as_bytes();
+                return self.send_value(
+                    entry,
+                    &topic,
+                    Some(&payload.conversation_id),
+                    headers,
+                    value,
+                );
+            }
             kind if kind == MALFORMED => {
                 let reason = match std::str::from_utf8(&record.payload) {
                     Ok(_) => "malformed frame: not a notification envelope",
@@ -409,6 +438,37 @@ impl Pump {
         headers: OwnedHeaders,
         dead_letter_reason: Option<String>,
     ) -> Result<(), String> {
+        self.send_payload(
+            entry,
+            topic,
+            key,
+            headers,
+            dead_letter_reason,
+            &entry.record.payload,
+        )
+    }
+
+    /// Sends a value other than the record's payload (a backfilled conversation).
+    fn send_value(
+        &self,
+        entry: &SpoolEntry,
+        topic: &str,
+        key: Option<&str>,
+        headers: OwnedHeaders,
+        value: &[u8],
+    ) -> Result<(), String> {
+        self.send_payload(entry, topic, key, headers, None, value)
+    }
+
+    fn send_payload(
+        &self,
+        entry: &SpoolEntry,
+        topic: &str,
+        key: Option<&str>,
+        headers: OwnedHeaders,
+        dead_letter_reason: Option<String>,
+        value: &[u8],
+    ) -> Result<(), String> {
         let mut pause = Duration::from_millis(1);
         loop {
             let pending = Box::new(Pending {
@@ -419,7 +479,7 @@ impl Pump {
             });
             let mut record: BaseRecord<'_, str, [u8], Box<Pending>> =
                 BaseRecord::with_opaque_to(topic, pending)
-                    .payload(&entry.record.payload[..])
+                    .payload(value)
                     .headers(headers.clone());
             if let Some(key) = key {
                 record = record.key(key);

@@ -501,6 +501,7 @@ impl SocketActor {
             }),
             ctx,
         );
+        self.queue_backfill(gap.since, end);
     }
 
     fn schedule_expiry(&mut self, ctx: &mut Context<Self>) {
@@ -564,6 +565,18 @@ impl SocketActor {
         }
     }
 
+    /// Hands a closed gap to the backfill queue (durable), when backfill is enabled.
+    fn queue_backfill(&self, start: chrono::DateTime<Utc>, end: chrono::DateTime<Utc>) {
+        let Some(queue) = &self.backfill else {
+            return;
+        };
+        let ids = crate::backfill::query::entity_ids(&self.topics);
+        let gap = crate::backfill::queue::PendingGap::new(self.shard, start, end, ids);
+        if let Err(error) = queue.push(gap) {
+            tracing::error!(shard = self.shard, error = %error, "cannot queue the gap for backfill");
+        }
+    }
+
     /// `drop-newest` discarded events while the spool was full: one gap record says which.
     fn report_dropped(&mut self, span: crate::spool::DroppedSpan, ctx: &mut Context<Self>) {
         let start = chrono::DateTime::from_timestamp_millis(span.earliest_received_at_ms);
@@ -586,6 +599,9 @@ impl SocketActor {
             }),
             ctx,
         );
+        if let (Some(start), Some(end)) = (start, end) {
+            self.queue_backfill(start, end);
+        }
     }
 
     fn block_until_room(&mut self, record: Record, ctx: &mut Context<Self>) {

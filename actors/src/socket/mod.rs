@@ -25,6 +25,7 @@ use awc::BoxedSocket;
 use chrono::{DateTime, Utc};
 use futures_util::stream::SplitSink;
 
+use crate::backfill::queue::BackfillQueue;
 use crate::backoff::ExponentialBackoff;
 use crate::genesys::rest::GenesysClient;
 use crate::genesys::wire::{Channel, SubscribedTopic};
@@ -140,6 +141,8 @@ pub struct SocketActor {
     reusable: Option<(Channel, Vec<SubscribedTopic>)>,
     /// A frame that found the spool full under the `block` policy, kept until there is room.
     held_frame: Option<crate::spool::Record>,
+    /// Where closed gaps go to be filled from the analytics API (when backfill is enabled).
+    backfill: Option<BackfillQueue>,
 }
 
 impl SocketActor {
@@ -153,6 +156,7 @@ impl SocketActor {
         peers: Peers,
         health: Health,
         metrics: Arc<Metrics>,
+        backfill: Option<BackfillQueue>,
     ) -> Self {
         let client = GenesysClient::new(settings.endpoints.clone(), settings.request_timeout);
         let dedup = dedup::Dedup::new(settings.dedup_capacity, settings.dedup_window);
@@ -187,6 +191,7 @@ impl SocketActor {
             rollover_trigger: None,
             reusable: None,
             held_frame: None,
+            backfill,
         }
     }
 

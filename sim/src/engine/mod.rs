@@ -327,6 +327,6 @@ fn publish(sim: &Sim, rng: &mut SmallRng, topics: &[String], body: impl FnOnce()
         }
         let text = body_text.get_or_insert_with(|| (body_fn.take().expect("built once"))());
         let frame = envelope(topic, text, correlation_id);
-        registry.deliver(&outgoing(topic, frame, correlation_id));
+        registry.deliver(&outgoing(topic, frame, correlation_id), &sim.missed);
     }
 }

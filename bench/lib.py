@@ -1,0 +1,553 @@
+"""Building blocks of the benchmark harness: processes on loopback (tansu, genesys-sim, the
+bridge, the Node.js baseline, the raw producer), /proc sampling, and reading Kafka back.
+
+Only the standard library and PyPI confluent-kafka (bench/.venv) are used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+CORRELATION_RE = re.compile(rb'"CorrelationId":"([^"]+)"')
+
+
+class BenchError(RuntimeError):
+    """A leg could not run, or a consistency check failed."""
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, timeout: float, condition, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for: {what}")
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# /proc
+
+
+@dataclass
+class ProcStat:
+    rss_kib: int
+    hwm_kib: int
+    cpu_s: float  # utime + stime
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rss = hwm = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+    # Fields after the command name (which may contain spaces) start at field 3.
+    rest = stat.rsplit(")", 1)[1].split()
+    utime, stime = int(rest[11]), int(rest[12])
+    return ProcStat(rss, hwm, (utime + stime) / CLK_TCK)
+
+
+class Sampler(threading.Thread):
+    """Samples a process's /proc every `interval` s; keeps the last sample alive."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.last: ProcStat | None = proc_stat(pid)
+        self.peak_rss_kib = self.last.rss_kib if self.last else 0
+        self._stop = threading.Event()
+
+    def run(self):
+        while not self._stop.is_set():
+            s = proc_stat(self.pid)
+            if s is None:
+                return
+            self.last = s
+            self.peak_rss_kib = max(self.peak_rss_kib, s.rss_kib)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> ProcStat | None:
+        s = proc_stat(self.pid)
+        if s is not None:
+            self.last = s
+        self._stop.set()
+        return self.last
+
+
+# ------------------------------------------------------------------------------------------------
+# Child processes
+
+
+class Proc:
+    """A child process with its output in a log file, stopped by its own pid only."""
+
+    def __init__(self, name: str, args: list[str], log: Path, cwd: Path | None = None,
+                 env: dict | None = None, stdout_pipe: bool = False):
+        self.name = name
+        self.args = [str(a) for a in args]
+        self.log_path = log
+        self.log = open(log, "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            self.args,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else self.log,
+            stderr=self.log,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def exit_code(self):
+        return self.popen.poll()
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10.0, sig=signal.SIGTERM):
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+                self.popen.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        if self.popen.stdout:
+            self.popen.stdout.close()
+        self.log.close()
+        return self.popen.returncode
+
+    def kill(self):
+        return self.stop(timeout=0, sig=signal.SIGKILL)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+# ------------------------------------------------------------------------------------------------
+# tansu
+
+
+def tansu_bin() -> str:
+    if os.environ.get("TANSU_BIN"):
+        return os.environ["TANSU_BIN"]
+    cached = Path.home() / ".cargo/bin/tansu"
+    if cached.exists():
+        return str(cached)
+    raise BenchError("the tansu broker is missing: `cargo install tansu --version 0.6.0 --features dynostore,libsql` "
+                     "(scripts/test.sh installs it)")
+
+
+class Tansu:
+    """A tansu broker on a free loopback port. `engine` is "memory" (fast, lost on restart) or
+    "sqlite" (data/tansu.db in its directory; survives `restart`)."""
+
+    def __init__(self, workdir: Path, engine: str = "memory"):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        self.engine = engine
+        self.proc: Proc | None = None
+        self.port = 0
+        for attempt in range(5):
+            self.port = free_port()
+            if self._spawn():
+                return
+        raise BenchError(f"tansu did not start; log: {self.dir / 'tansu.log'}")
+
+    @property
+    def brokers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self) -> bool:
+        url = f"tcp://127.0.0.1:{self.port}"
+        storage = "memory://tansu/" if self.engine == "memory" else "sqlite://data/tansu.db"
+        self.proc = Proc("tansu", [tansu_bin(), "broker", "--listener-url", url,
+                                   "--advertised-listener-url", url, "--storage-engine", storage],
+                         self.dir / "tansu.log", cwd=self.dir)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not self.proc.alive():
+                return False  # e.g. the port was taken meanwhile: try another one
+            if listening(self.port):
+                # Another process may hold the port: make sure ours is the one still running.
+                time.sleep(0.2)
+                return self.proc.alive()
+            time.sleep(0.05)
+        self.proc.kill()
+        return False
+
+    def create_topics(self, topics, partitions: int = 3):
+        for topic in topics:
+            r = subprocess.run([tansu_bin(), "topic", "create", topic, "--partitions", str(partitions),
+                                "--broker", f"tcp://127.0.0.1:{self.port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            if r.returncode != 0:
+                raise BenchError(f"tansu topic create {topic}: {r.stderr.decode(errors='replace')[-500:]}")
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+
+    def restart(self):
+        self.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._spawn():
+                return
+            time.sleep(0.5)
+        raise BenchError("tansu did not restart on its port")
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# genesys-sim
+
+
+def http(method: str, url: str, body=None, headers=None, timeout: float = 60.0):
+    data = None
+    hdrs = dict(headers or {})
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Sim:
+    """The genesys-sim binary on free loopback ports."""
+
+    def __init__(self, binary: str, workdir: Path, args: list[str], clients=("sim-client:sim-secret",)):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.clients = list(clients)
+        full = [binary, "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0", "--ledger-limit", "0"]
+        for c in self.clients:
+            full += ["--client", c]
+        self.proc = Proc("genesys-sim", full + list(args), self.dir / "sim.log", stdout_pipe=True)
+        line = self._read_ready_line()
+        info = json.loads(line)
+        self.base_url = info["baseUrl"]
+        self.ws_base_url = info["wsBaseUrl"]
+        # Keep draining stdout so the simulator never blocks on it.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _read_ready_line(self) -> str:
+        result = {}
+
+        def read():
+            result["line"] = self.proc.popen.stdout.readline().decode()
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(30)
+        line = result.get("line", "")
+        if not line.strip():
+            raise BenchError(f"genesys-sim did not start:\n{self.proc.tail()}")
+        return line
+
+    def _drain(self):
+        try:
+            for _ in self.proc.popen.stdout:
+                pass
+        except (ValueError, OSError):
+            pass
+
+    def get_json(self, path: str):
+        status, body = http("GET", self.base_url + path)
+        if status != 200:
+            raise BenchError(f"GET {path}: {status} {body[:300]!r}")
+        return json.loads(body)
+
+    def post_json(self, path: str, body):
+        status, answer = http("POST", self.base_url + path, body)
+        if status != 200:
+            raise BenchError(f"POST {path} {body}: {status} {answer[:300]!r}")
+        return json.loads(answer)
+
+    def fault(self, body: dict):
+        return self.post_json("/sim/faults", body)
+
+    def set_rate(self, rate: float):
+        return self.post_json("/sim/rate", {"rate": rate})
+
+    def token(self, client: str = "sim-client:sim-secret") -> str:
+        basic = base64.b64encode(client.encode()).decode()
+        status, body = http("POST", self.base_url + "/oauth/token", b"grant_type=client_credentials",
+                            {"Authorization": f"Basic {basic}",
+                             "Content-Type": "application/x-www-form-urlencoded"})
+        if status != 200:
+            raise BenchError(f"token: {status} {body[:200]!r}")
+        return json.loads(body)["access_token"]
+
+    def _paged(self, path: str, token: str):
+        page, out = 1, []
+        while True:
+            status, body = http("GET", f"{self.base_url}{path}?pageSize=500&pageNumber={page}",
+                                headers={"Authorization": f"Bearer {token}"})
+            if status != 200:
+                raise BenchError(f"GET {path}: {status}")
+            doc = json.loads(body)
+            out += doc.get("entities", [])
+            if page >= doc.get("pageCount", 1):
+                return out
+            page += 1
+
+    def topics(self, queues: bool = True, users: bool = True) -> list[str]:
+        """The workload's Genesys topics: every queue's and every user's conversations."""
+        token = self.token(self.clients[0])
+        topics = []
+        if queues:
+            topics += [f"v2.routing.queues.{q['id']}.conversations" for q in self._paged("/api/v2/routing/queues", token)]
+        if users:
+            topics += [f"v2.users.{u['id']}.conversations" for u in self._paged("/api/v2/users", token)]
+        return topics
+
+    def channels(self, client_id: str | None = None) -> list[dict]:
+        chans = self.get_json("/sim/channels")
+        if client_id is not None:
+            chans = [c for c in chans if c.get("clientId", c.get("client_id")) == client_id]
+        return chans
+
+    def connected_channels(self, client_id: str | None = None) -> list[str]:
+        return [c["id"] for c in self.channels(client_id) if c.get("connected")]
+
+    def ledger_events(self, since: int = 0) -> list[dict]:
+        status, body = http("GET", f"{self.base_url}/sim/ledger?format=jsonl&kind=event&since={since}",
+                            timeout=300)
+        if status != 200:
+            raise BenchError(f"ledger: {status}")
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    def ledger_total(self) -> int:
+        return int(self.get_json("/sim/info")["ledgerTotal"])
+
+    def stop(self):
+        self.proc.stop(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kafka
+
+
+def _consumer(brokers: str, extra: dict | None = None):
+    from confluent_kafka import Consumer
+
+    conf = {"bootstrap.servers": brokers, "group.id": "bench-reader", "enable.auto.commit": False,
+            "enable.partition.eof": False, "log_level": 3}
+    conf.update(extra or {})
+    return Consumer(conf)
+
+
+class Watermarks:
+    """Sum of high watermarks of some topics, polled cheaply."""
+
+    def __init__(self, brokers: str, topics: list[str]):
+        from confluent_kafka import TopicPartition
+
+        self.consumer = _consumer(brokers)
+        self.partitions = []
+        for t in topics:
+            md = self.consumer.list_topics(t, timeout=20)
+            for p in md.topics[t].partitions:
+                self.partitions.append(TopicPartition(t, p))
+
+    def total(self) -> int:
+        n = 0
+        for tp in self.partitions:
+            lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            n += hi
+        return n
+
+    def close(self):
+        self.consumer.close()
+
+
+class LandingClock(threading.Thread):
+    """Polls the high watermarks every `interval` s and remembers when the count first rose
+    above `base` and when it reached `base + target` (or last rose)."""
+
+    def __init__(self, brokers: str, topics: list[str], interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.wm = Watermarks(brokers, topics)
+        self.interval = interval
+        self.base = self.wm.total()
+        self.count = self.base
+        self.first_ms: float | None = None
+        self.last_change_ms: float | None = None
+        self.target: int | None = None
+        self.reached_ms: float | None = None
+        self._stop = threading.Event()
+
+    def run(self):
+        while not self._stop.is_set():
+            try:
+                n = self.wm.total()
+            except Exception:  # broker restarting, etc.
+                time.sleep(0.2)
+                continue
+            t = now_ms()
+            if n != self.count:
+                self.count = n
+                self.last_change_ms = t
+                if self.first_ms is None and n > self.base:
+                    self.first_ms = t
+                if self.target is not None and self.reached_ms is None and n - self.base >= self.target:
+                    self.reached_ms = t
+            self._stop.wait(self.interval)
+
+    def landed(self) -> int:
+        return self.count - self.base
+
+    def stop(self):
+        self._stop.set()
+        self.join(5)
+        self.wm.close()
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    timestamp_ms: int
+    key: bytes | None = None
+
+
+def consume_all(brokers: str, topics: list[str], timeout: float = 120.0) -> list[Record]:
+    """Every record currently in `topics`, from the beginning."""
+    from confluent_kafka import TopicPartition
+
+    c = _consumer(brokers)
+    assignment, expected = [], 0
+    for t in topics:
+        md = c.list_topics(t, timeout=20)
+        for p in md.topics[t].partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=20, cached=False)
+            expected += hi - lo
+            if hi > lo:
+                assignment.append(TopicPartition(t, p, lo))
+    records: list[Record] = []
+    if expected:
+        c.assign(assignment)
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for m in c.consume(num_messages=5000, timeout=0.5):
+                if m.error():
+                    continue
+                ts = m.timestamp()[1]
+                records.append(Record(m.topic(), m.partition(), m.offset(), m.value() or b"", ts, m.key()))
+    c.close()
+    if len(records) < expected:
+        raise BenchError(f"read {len(records)} of {expected} records from {topics}")
+    return records
+
+
+def correlation_id(value: bytes) -> str | None:
+    m = CORRELATION_RE.search(value)
+    return m.group(1).decode() if m else None
+
+
+@dataclass
+class Accounting:
+    """What landed in Kafka compared with the simulator's ledger of events sent."""
+
+    ledger_events: int = 0  # distinct correlation ids the simulator handed to the client's sockets
+    landed_matching: int = 0  # records whose CorrelationId is in that ledger
+    lost: int = 0  # ledger ids with no record
+    duplicated: int = 0  # records beyond the first per ledger id
+    other_records: int = 0  # records matching no ledger event (heartbeats, system frames, gaps)
+    lost_ids: list = field(default_factory=list)
+
+
+def account(ledger: list[dict], records: list[Record]) -> Accounting:
+    expected = {e["correlationId"] for e in ledger if e.get("correlationId")}
+    seen: dict[str, int] = {}
+    other = 0
+    for r in records:
+        cid = correlation_id(r.value)
+        if cid is not None and cid in expected:
+            seen[cid] = seen.get(cid, 0) + 1
+        else:
+            other += 1
+    lost = [cid for cid in expected if cid not in seen]
+    return Accounting(
+        ledger_events=len(expected),
+        landed_matching=sum(seen.values()),
+        lost=len(lost),
+        duplicated=sum(n - 1 for n in seen.values()),
+        other_records=other,
+        lost_ids=lost[:5],
+    )
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
+    return s[k]
