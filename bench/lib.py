@@ -97,27 +97,30 @@ class Sampler(threading.Thread):
         self.interval = interval
         self.last: ProcStat | None = proc_stat(pid)
         self.peak_rss_kib = self.last.rss_kib if self.last else 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             s = proc_stat(self.pid)
             if s is None:
                 return
             self.last = s
             self.peak_rss_kib = max(self.peak_rss_kib, s.rss_kib)
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> ProcStat | None:
         s = proc_stat(self.pid)
         if s is not None:
             self.last = s
-        self._stop.set()
+        self._halt.set()
         return self.last
 
 
 # ------------------------------------------------------------------------------------------------
 # Child processes
+
+
+RUNNING: list = []  # every Proc started and not yet stopped (cleanup on exit)
 
 
 class Proc:
@@ -139,6 +142,7 @@ class Proc:
             stdout=subprocess.PIPE if stdout_pipe else self.log,
             stderr=self.log,
         )
+        RUNNING.append(self)
 
     @property
     def pid(self) -> int:
@@ -150,7 +154,7 @@ class Proc:
     def exit_code(self):
         return self.popen.poll()
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         if self.alive():
             os.kill(self.pid, sig)
 
@@ -164,8 +168,8 @@ class Proc:
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
             self.popen.wait(10)
-        if self.popen.stdout:
-            self.popen.stdout.close()
+        if self in RUNNING:
+            RUNNING.remove(self)
         self.log.close()
         return self.popen.returncode
 
@@ -440,10 +444,10 @@ class LandingClock(threading.Thread):
         self.last_change_ms: float | None = None
         self.target: int | None = None
         self.reached_ms: float | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 n = self.wm.total()
             except Exception:  # broker restarting, etc.
@@ -457,13 +461,13 @@ class LandingClock(threading.Thread):
                     self.first_ms = t
                 if self.target is not None and self.reached_ms is None and n - self.base >= self.target:
                     self.reached_ms = t
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def landed(self) -> int:
         return self.count - self.base
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(5)
         self.wm.close()
 
