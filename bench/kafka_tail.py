@@ -1,9 +1,11 @@
 """Consumer-receipt clock: reads topics from the beginning while a workload runs and writes,
-for every record, `receipt_ms <TAB> record timestamp_ms <TAB> CorrelationId` (or `-`).
+for every record: `receipt_ms <TAB> record timestamp_ms <TAB> topic:partition:offset <TAB>
+CorrelationId` (or `-` when the value has none).
 
   kafka_tail.py --brokers H:P --out FILE TOPIC...
 
-Stops on SIGTERM (after writing what it has).
+A record's receipt time is when poll() handed it over (records already fetched with it share
+that time). Stops on SIGTERM, after writing what it has.
 """
 
 import argparse
@@ -12,7 +14,7 @@ import signal
 import sys
 import time
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 CORRELATION_RE = re.compile(rb'"CorrelationId":"([^"]+)"')
 stop = False
@@ -42,22 +44,26 @@ def main() -> int:
     assignment = []
     for t in args.topics:
         md = c.list_topics(t, timeout=20)
-        for p in md.topics[t].partitions:
-            assignment.append(TopicPartition(t, p, 0))
+        assignment += [TopicPartition(t, p, OFFSET_BEGINNING) for p in md.topics[t].partitions]
     c.assign(assignment)
     out = open(args.out, "w")
     print("ready", flush=True)
+    search = CORRELATION_RE.search
     while not stop:
-        batch = c.consume(num_messages=1000, timeout=0.05)
+        first = c.poll(0.1)  # returns as soon as one record is there
+        if first is None:
+            continue
         t = time.time() * 1000.0
+        batch = [first] + c.consume(num_messages=10000, timeout=0)  # what was fetched with it
+        lines = []
         for m in batch:
             if m.error():
                 continue
-            mt = CORRELATION_RE.search(m.value() or b"")
+            mt = search(m.value() or b"")
             cid = mt.group(1).decode() if mt else "-"
-            out.write(f"{t:.3f}\t{m.timestamp()[1]}\t{cid}\n")
-        if batch:
-            out.flush()
+            lines.append(f"{t:.3f}\t{m.timestamp()[1]}\t{m.topic()}:{m.partition()}:{m.offset()}\t{cid}\n")
+        out.write("".join(lines))
+        out.flush()
     out.close()
     c.close()
     return 0

@@ -406,109 +406,98 @@ def _consumer(brokers: str, extra: dict | None = None):
     return Consumer(conf)
 
 
-class Watermarks:
-    """Sum of high watermarks of some topics, polled cheaply."""
+class Tail:
+    """A consumer tailing topics from the beginning in its own process (kafka_tail.py): the
+    harness's view of what landed in Kafka and when (consumer receipt). Its output is read
+    incrementally; records are deduplicated by (topic, partition, offset), so a consumer that
+    re-reads after a broker restart does not invent duplicates."""
 
-    def __init__(self, brokers: str, topics: list[str]):
-        from confluent_kafka import TopicPartition
+    def __init__(self, workdir: Path, brokers: str, topics: list[str], name: str = "tail"):
+        import sys as _sys
 
-        self.consumer = _consumer(brokers)
-        self.partitions = []
-        for t in topics:
-            md = self.consumer.list_topics(t, timeout=20)
-            for p in md.topics[t].partitions:
-                self.partitions.append(TopicPartition(t, p))
+        self.out = workdir / f"{name}.tsv"
+        log_path = workdir / f"{name}.log"
+        self.proc = Proc(name, [_sys.executable, BENCH / "kafka_tail.py", "--brokers", brokers,
+                                "--out", self.out, *topics], log_path)
+        wait_until(f"{name} consumer ready", 30,
+                   lambda: self.proc.alive() and log_path.exists() and "ready" in log_path.read_text())
+        self._pos = 0
+        self._buf = b""
+        self.offsets: set = set()
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, tuple[float, int]] = {}  # cid -> (receipt ms, record timestamp ms)
+        self.records = 0
+        self.with_cid = 0
+        self.last_receipt_ms: float | None = None
 
-    def total(self) -> int:
-        n = 0
-        for tp in self.partitions:
-            lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            n += hi
-        return n
-
-    def close(self):
-        self.consumer.close()
-
-
-class LandingClock(threading.Thread):
-    """Polls the high watermarks every `interval` s and remembers when the count first rose
-    above `base` and when it reached `base + target` (or last rose)."""
-
-    def __init__(self, brokers: str, topics: list[str], interval: float = 0.01):
-        super().__init__(daemon=True)
-        self.wm = Watermarks(brokers, topics)
-        self.interval = interval
-        self.base = self.wm.total()
-        self.count = self.base
-        self.first_ms: float | None = None
-        self.last_change_ms: float | None = None
-        self.target: int | None = None
-        self.reached_ms: float | None = None
-        self._halt = threading.Event()
-
-    def run(self):
-        while not self._halt.is_set():
-            try:
-                n = self.wm.total()
-            except Exception:  # broker restarting, etc.
-                time.sleep(0.2)
+    def poll(self):
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        self._pos += len(chunk)
+        data = self._buf + chunk
+        lines = data.split(b"\n")
+        self._buf = lines.pop()
+        for line in lines:
+            t, ts, where, cid = line.decode().split("\t")
+            if where in self.offsets:
                 continue
-            t = now_ms()
-            if n != self.count:
-                self.count = n
-                self.last_change_ms = t
-                if self.first_ms is None and n > self.base:
-                    self.first_ms = t
-                if self.target is not None and self.reached_ms is None and n - self.base >= self.target:
-                    self.reached_ms = t
-            self._halt.wait(self.interval)
+            self.offsets.add(where)
+            self.records += 1
+            receipt = float(t)
+            self.last_receipt_ms = receipt
+            if cid != "-":
+                self.with_cid += 1
+                self.counts[cid] = self.counts.get(cid, 0) + 1
+                if cid not in self.first:
+                    self.first[cid] = (receipt, int(ts))
 
-    def landed(self) -> int:
-        return self.count - self.base
+    def wait(self, done, stall_s: float, max_s: float, proc=None) -> bool:
+        """Polls until done(self) holds (True), or nothing new arrived for stall_s, or max_s
+        passed, or `proc` (the client) died and nothing arrived for a second (False)."""
+        deadline = time.monotonic() + max_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            self.poll()
+            if done(self):
+                return True
+            if self.records != last:
+                last, since = self.records, time.monotonic()
+            elif time.monotonic() - since >= stall_s:
+                return False
+            elif proc is not None and not proc.alive() and time.monotonic() - since >= 1:
+                return False
+            time.sleep(0.05)
+        return False
 
     def stop(self):
-        self._halt.set()
-        self.join(5)
-        self.wm.close()
+        time.sleep(0.3)
+        self.proc.stop(timeout=10)
+        self.poll()
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
-    timestamp_ms: int
-    key: bytes | None = None
-
-
-def consume_all(brokers: str, topics: list[str], timeout: float = 120.0) -> list[Record]:
-    """Every record currently in `topics`, from the beginning."""
-    from confluent_kafka import TopicPartition
+def read_all(brokers: str, topics: list[str], idle_s: float = 1.5, timeout: float = 60.0) -> list[bytes]:
+    """Every record value in `topics` (small topics: read until idle_s without a record)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     c = _consumer(brokers)
-    assignment, expected = [], 0
+    assignment = []
     for t in topics:
         md = c.list_topics(t, timeout=20)
-        for p in md.topics[t].partitions:
-            lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=20, cached=False)
-            expected += hi - lo
-            if hi > lo:
-                assignment.append(TopicPartition(t, p, lo))
-    records: list[Record] = []
-    if expected:
-        c.assign(assignment)
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for m in c.consume(num_messages=5000, timeout=0.5):
-                if m.error():
-                    continue
-                ts = m.timestamp()[1]
-                records.append(Record(m.topic(), m.partition(), m.offset(), m.value() or b"", ts, m.key()))
+        assignment += [TopicPartition(t, p, OFFSET_BEGINNING) for p in md.topics[t].partitions]
+    c.assign(assignment)
+    values, last = [], time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+        for m in c.consume(num_messages=1000, timeout=0.2):
+            if not m.error():
+                values.append(m.value() or b"")
+                last = time.monotonic()
     c.close()
-    if len(records) < expected:
-        raise BenchError(f"read {len(records)} of {expected} records from {topics}")
-    return records
+    return values
 
 
 def correlation_id(value: bytes) -> str | None:
@@ -528,23 +517,17 @@ class Accounting:
     lost_ids: list = field(default_factory=list)
 
 
-def account(ledger: list[dict], records: list[Record]) -> Accounting:
+def account(ledger: list[dict], tail: Tail) -> Accounting:
     expected = {e["correlationId"] for e in ledger if e.get("correlationId")}
-    seen: dict[str, int] = {}
-    other = 0
-    for r in records:
-        cid = correlation_id(r.value)
-        if cid is not None and cid in expected:
-            seen[cid] = seen.get(cid, 0) + 1
-        else:
-            other += 1
+    seen = {cid: n for cid, n in tail.counts.items() if cid in expected}
     lost = [cid for cid in expected if cid not in seen]
+    landed = sum(seen.values())
     return Accounting(
         ledger_events=len(expected),
-        landed_matching=sum(seen.values()),
+        landed_matching=landed,
         lost=len(lost),
         duplicated=sum(n - 1 for n in seen.values()),
-        other_records=other,
+        other_records=tail.records - landed,
         lost_ids=lost[:5],
     )
 

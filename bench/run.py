@@ -60,8 +60,8 @@ if __name__ == "__main__":
 
 sys.path.insert(0, str(BENCH))
 import lib  # noqa: E402
-from lib import (BenchError, Proc, Sampler, Sim, Tansu, Watermarks, account, consume_all,  # noqa: E402
-                 now_ms, percentile, proc_stat, wait_until)
+from lib import (BenchError, Proc, Sampler, Sim, Tansu, account, now_ms, percentile,  # noqa: E402
+                 proc_stat, wait_until)
 
 # ------------------------------------------------------------------------------------------------
 # Profiles
@@ -77,7 +77,7 @@ PROFILES = {
         "faults": ["kafka_down", "socket_closing", "drop_socket", "silence"],
         "kafka_down_s": 30, "closing_grace_s": 10,
         "after_s": {"kafka_down": 30, "socket_closing": 30, "drop_socket": 20, "silence": 100},
-        "drain_stall_s": 15, "drain_max_s": 90,
+        "drain_stall_s": 15, "drain_max_s": 90, "warmup_s": 2,
     },
     "smoke": {
         "bins": "debug",
@@ -89,7 +89,7 @@ PROFILES = {
         "faults": ["drop_socket"],
         "kafka_down_s": 5, "closing_grace_s": 2,
         "after_s": {"kafka_down": 8, "socket_closing": 8, "drop_socket": 8, "silence": 10},
-        "drain_stall_s": 5, "drain_max_s": 20,
+        "drain_stall_s": 5, "drain_max_s": 20, "warmup_s": 1,
     },
 }
 # Conversations/s that make the simulator hand out about 10,000 events/s on the full org's
@@ -270,12 +270,16 @@ class Harness:
             for p in list(lib.RUNNING):
                 p.stop(timeout=5)
 
-    def env_for(self, workload: str, leg: str, engine: str, rate: float, clients=(BRIDGE_CLIENT, NODE_CLIENT)):
+    def env_for(self, workload: str, leg: str, engine: str, rate: float, with_sim: bool = True):
+        """A fresh broker (topics of every leg created) and a fresh simulator for one leg."""
         d = self.workdir / workload / leg
         d.mkdir(parents=True, exist_ok=True)
         tansu = Tansu(d / "tansu", engine)
         tansu.create_topics(BRIDGE_TOPICS + NODE_TOPICS + RAW_TOPICS, PARTITIONS)
-        sim = Sim(self.sim_bin, d / "sim", self.sim_args(rate), clients=[f"{a}:{b}" for a, b in clients])
+        sim = None
+        if with_sim:
+            sim = Sim(self.sim_bin, d / "sim", self.sim_args(rate),
+                      clients=[f"{a}:{b}" for a, b in (BRIDGE_CLIENT, NODE_CLIENT)])
         return d, tansu, sim
 
     def start_client(self, kind: str, d: Path, sim: Sim, tansu: Tansu, topics: list[str]):
@@ -289,7 +293,8 @@ class Harness:
     # -- workload 1: sustained burst -----------------------------------------------------------
 
     def burst(self):
-        n = self.profile["burst_events"]
+        p = self.profile
+        n = p["burst_events"]
         frames: list[dict] = []
 
         def client_leg(kind):
@@ -297,92 +302,36 @@ class Harness:
                 d, tansu, sim = self.env_for("burst", kind, "memory", 0)
                 client = self.start_client(kind, d, sim, tansu, sim.topics())
                 channel = sim.connected_channels(client.client_id)[0]
+                tail = lib.Tail(d, tansu.brokers, client.kafka_topics)
                 sampler = Sampler(client.proc.pid)
                 sampler.start()
-                clock = lib.LandingClock(tansu.brokers, client.kafka_topics)
-                clock.target = n
-                clock.start()
-                time.sleep(0.3)
                 cpu0 = proc_stat(client.proc.pid).cpu_s
                 t_inject = now_ms()
                 sim.fault({"fault": "burst", "target": channel, "count": n})
-                deadline = time.monotonic() + self.profile["burst_max_s"]
-                while time.monotonic() < deadline and clock.reached_ms is None:
-                    last = clock.last_change_ms or t_inject
-                    if now_ms() - last > self.profile["burst_stall_s"] * 1000:
-                        break
-                    if not client.proc.alive():
-                        break
-                    time.sleep(0.05)
-                clock.stop()
+                complete = tail.wait(lambda t: t.with_cid >= n, p["burst_stall_s"], p["burst_max_s"], client.proc)
                 res = resources(sampler, cpu0, 0)
                 ledger = ledger_of(sim, client.client_id)
+                tail.stop()
                 if kind == "bridge":
                     frames.extend(ledger)
-                records = consume_all(tansu.brokers, client.kafka_topics)
-                acc = account(ledger, records)
-                last = clock.reached_ms or clock.last_change_ms or t_inject
-                first = clock.first_ms or t_inject
-                sent = [e["sentAtMs"] for e in ledger]
-                out = {
-                    "events": n,
-                    "ledger_events": acc.ledger_events,
-                    "landed": acc.landed_matching,
-                    "lost": acc.lost,
-                    "duplicated": acc.duplicated,
-                    "other_records": acc.other_records,
-                    "first_to_last_s": (last - first) / 1000.0,
-                    "inject_to_last_s": (last - t_inject) / 1000.0,
-                    "sim_send_s": ((max(sent) - min(sent)) / 1000.0) if sent else float("nan"),
-                    "events_per_s": acc.landed_matching / max((last - first) / 1000.0, 1e-3),
-                    "complete": clock.reached_ms is not None and acc.lost == 0,
-                    "alive_at_end": client.proc.alive(),
-                    **res,
-                }
-                out["cpu_s_per_10k"] = out["cpu_s"] / acc.landed_matching * 10_000 if acc.landed_matching else float("nan")
-                return out
+                acc = account(ledger, tail)
+                return burst_result(n, ledger, tail, acc, res, t_inject, complete, client.proc.alive())
             return run
 
         def raw_leg():
             if not frames:
-                raise BenchError("no burst frames (the bridge leg did not record any)")
-            d, tansu, _sim = self.env_for("burst", "raw", "memory", 0)
-            _sim.stop()
+                raise BenchError("no burst frames to replay (the bridge leg recorded none)")
+            d, tansu, _ = self.env_for("burst", "raw", "memory", 0, with_sim=False)
             payloads = write_payloads(d / "payloads.tsv", frames, paced=False)
-            clock = lib.LandingClock(tansu.brokers, RAW_TOPICS)
-            clock.target = len(payloads)
-            clock.start()
-            stats_path = d / "raw-stats.json"
-            raw = Proc("raw", [sys.executable, BENCH / "raw_producer.py", "--brokers", tansu.brokers, "--topic",
-                               RAW_TOPICS[0], "--payloads", d / "payloads.tsv", "--mode", "burst",
-                               "--out", stats_path], d / "raw.log")
-            raw.popen.wait(self.profile["burst_max_s"])
-            wait_until("raw records counted", 30, lambda: clock.reached_ms is not None)
-            clock.stop()
-            if raw.popen.returncode != 0:
-                raise BenchError(f"raw producer exited {raw.popen.returncode}:\n{raw.tail()}")
-            raw.stop()
-            stats = json.loads(stats_path.read_text())
-            records = consume_all(tansu.brokers, RAW_TOPICS)
-            acc = account([{"correlationId": c} for c in payloads], records)
-            span = (clock.reached_ms - clock.first_ms) / 1000.0
-            return {
-                "events": len(payloads),
-                "ledger_events": acc.ledger_events,
-                "landed": acc.landed_matching,
-                "lost": acc.lost,
-                "duplicated": acc.duplicated,
-                "other_records": acc.other_records,
-                "first_to_last_s": span,
-                "inject_to_last_s": (stats["last_ack_ms"] - stats["t0_ms"]) / 1000.0,
-                "sim_send_s": float("nan"),
-                "events_per_s": acc.landed_matching / max(span, 1e-3),
-                "complete": acc.lost == 0 and stats["acked"] == len(payloads),
-                "alive_at_end": True,
-                "peak_rss_mib": stats["peak_rss_kib"] / 1024.0,
-                "cpu_s": stats["cpu_s"],
-                "cpu_s_per_10k": stats["cpu_s"] / max(acc.landed_matching, 1) * 10_000,
-            }
+            tail = lib.Tail(d, tansu.brokers, RAW_TOPICS)
+            stats = run_raw(d, tansu.brokers, "burst", p["burst_max_s"])
+            complete = tail.wait(lambda t: t.with_cid >= len(payloads), 10, 60)
+            tail.stop()
+            ledger = [{"correlationId": c, "sentAtMs": stats["t0_ms"]} for c in payloads]
+            acc = account(ledger, tail)
+            res = {"peak_rss_mib": stats["peak_rss_kib"] / 1024.0, "cpu_s": stats["cpu_s"]}
+            return burst_result(len(payloads), ledger, tail, acc, res, stats["t0_ms"],
+                                complete and stats["acked"] == len(payloads), True)
 
         b = self.leg("burst", "bridge", client_leg("bridge"))
         nd = self.leg("burst", "node", client_leg("node"))
@@ -391,69 +340,57 @@ class Harness:
             self.check("burst/bridge: the simulator handed every burst event to the socket",
                        b["ledger_events"] == n, f"{b['ledger_events']}/{n}")
             self.check("burst/bridge: every event landed exactly once", b["lost"] == 0 and b["duplicated"] == 0,
-                       f"lost {b['lost']}, duplicated {b['duplicated']}")
+                       f"{b['landed']}/{b['ledger_events']}, lost {b['lost']}, duplicated {b['duplicated']}")
         if nd:
-            self.check("burst/node: the baseline ran (records landed)", nd["landed"] > 0, f"landed {nd['landed']}")
+            self.check("burst/node: the baseline ran (records landed)", nd["landed"] > 0,
+                       f"{nd['landed']}/{nd['ledger_events']}")
         if r:
-            self.check("burst/raw: every payload acknowledged and landed once", r["complete"] and r["duplicated"] == 0,
-                       f"landed {r['landed']}/{r['events']}")
+            self.check("burst/raw: every payload acknowledged and landed once",
+                       r["complete"] and r["lost"] == 0 and r["duplicated"] == 0, f"{r['landed']}/{r['events']}")
 
     # -- workloads 2 and 3: steady rate (latency) and ~10k events/s (memory, CPU) -------------
 
     def steady(self, workload: str, rate: float, seconds: float, drain_max_s: float | None):
+        p = self.profile
+        warmup_ms = p["warmup_s"] * 1000.0
+        drain_max = drain_max_s if drain_max_s is not None else p["drain_max_s"]
         frames: list[dict] = []
 
         def client_leg(kind):
             def run():
-                d, tansu, sim = self.env_for(workload, kind, "memory", rate)
+                d, tansu, sim = self.env_for(workload, kind, "memory", 0)
                 client = self.start_client(kind, d, sim, tansu, sim.topics())
-                tail = start_tail(d, tansu.brokers, client.kafka_topics)
+                tail = lib.Tail(d, tansu.brokers, client.kafka_topics)
                 sampler = Sampler(client.proc.pid)
                 sampler.start()
                 cpu0 = proc_stat(client.proc.pid).cpu_s
+                sim.set_rate(rate)
                 time.sleep(seconds)
                 sim.set_rate(0)
                 wait_quiet(sim)
                 ledger = ledger_of(sim, client.client_id)
                 if kind == "bridge":
                     frames.extend(ledger)
-                drained = wait_drained(tansu.brokers, client.kafka_topics, len(ledger),
-                                       self.profile["drain_stall_s"],
-                                       drain_max_s if drain_max_s is not None else self.profile["drain_max_s"],
-                                       client.proc)
+                drained = tail.wait(all_landed(ledger), p["drain_stall_s"], drain_max, client.proc)
                 res = resources(sampler, cpu0, 0)
-                receipts = stop_tail(tail)
-                records = consume_all(tansu.brokers, client.kafka_topics)
-                acc = account(ledger, records)
-                sent = {e["correlationId"]: e["sentAtMs"] for e in ledger}
-                return latency_result(ledger, sent, receipts, acc, res, drained, client.proc.alive())
+                tail.stop()
+                acc = account(ledger, tail)
+                return latency_result(ledger, tail, acc, res, drained, client.proc.alive(), warmup_ms)
             return run
 
         def raw_leg():
             if not frames:
                 raise BenchError("no frames recorded by the bridge leg to replay")
-            d, tansu, _sim = self.env_for(workload, "raw", "memory", 0)
-            _sim.stop()
+            d, tansu, _ = self.env_for(workload, "raw", "memory", 0, with_sim=False)
             payloads = write_payloads(d / "payloads.tsv", frames, paced=True)
-            tail = start_tail(d, tansu.brokers, RAW_TOPICS)
-            stats_path = d / "raw-stats.json"
-            raw = Proc("raw", [sys.executable, BENCH / "raw_producer.py", "--brokers", tansu.brokers, "--topic",
-                               RAW_TOPICS[0], "--payloads", d / "payloads.tsv", "--mode", "paced",
-                               "--out", stats_path], d / "raw.log")
-            raw.popen.wait(seconds + 120)
-            if raw.popen.returncode != 0:
-                raise BenchError(f"raw producer exited {raw.popen.returncode}:\n{raw.tail()}")
-            raw.stop()
-            stats = json.loads(stats_path.read_text())
-            drained = wait_drained(tansu.brokers, RAW_TOPICS, len(payloads), 10, 60, None)
-            receipts = stop_tail(tail)
-            records = consume_all(tansu.brokers, RAW_TOPICS)
+            tail = lib.Tail(d, tansu.brokers, RAW_TOPICS)
+            stats = run_raw(d, tansu.brokers, "paced", seconds + 120)
             ledger = [{"correlationId": c, "sentAtMs": stats["t0_ms"] + off} for c, off in payloads.items()]
-            acc = account(ledger, records)
-            sent = {e["correlationId"]: e["sentAtMs"] for e in ledger}
-            res = {"peak_rss_mib": stats["peak_rss_kib"] / 1024.0, "cpu_s": stats["cpu_s"],
-                   "cpu_s_per_10k": float("nan")}
-            return latency_result(ledger, sent, receipts, acc, res, drained, True)
+            drained = tail.wait(all_landed(ledger), 10, 60)
+            tail.stop()
+            acc = account(ledger, tail)
+            res = {"peak_rss_mib": stats["peak_rss_kib"] / 1024.0, "cpu_s": stats["cpu_s"]}
+            return latency_result(ledger, tail, acc, res, drained, True, warmup_ms)
 
         b = self.leg(workload, "bridge", client_leg("bridge"))
         nd = self.leg(workload, "node", client_leg("node"))
@@ -462,7 +399,8 @@ class Harness:
             self.check(f"{workload}/bridge: every event landed exactly once", b["lost"] == 0 and b["duplicated"] == 0,
                        f"{b['landed']}/{b['ledger_events']}, lost {b['lost']}, duplicated {b['duplicated']}")
         if nd:
-            self.check(f"{workload}/node: the baseline ran (records landed)", nd["landed"] > 0, f"landed {nd['landed']}")
+            self.check(f"{workload}/node: the baseline ran (records landed)", nd["landed"] > 0,
+                       f"{nd['landed']}/{nd['ledger_events']}")
         if r:
             self.check(f"{workload}/raw: every payload landed once", r["lost"] == 0 and r["duplicated"] == 0,
                        f"{r['landed']}/{r['ledger_events']}")
@@ -470,33 +408,33 @@ class Harness:
     # -- workload 4: faults --------------------------------------------------------------------
 
     def faults(self):
-        p = self.profile
-        for fault in p["faults"]:
-            self.leg("faults", fault, lambda fault=fault: self.fault_run(fault))
-            res = self.results["workloads"].get("faults", {}).get(fault)
-            if res:
-                b = res["bridge"]
-                self.check(f"faults/{fault}: the bridge lost no event", b["lost"] == 0,
-                           f"lost {b['lost']} of {b['ledger_events']}, duplicated {b['duplicated']}")
-                self.check(f"faults/{fault}: the bridge streamed after the fault", b["after_fault"] > 0,
-                           f"{b['after_fault']} ledger events after the fault")
-                if fault != "kafka_down":
-                    self.check(f"faults/{fault}: the bridge duplicated nothing", b["duplicated"] == 0,
-                               f"duplicated {b['duplicated']}")
-                self.check(f"faults/{fault}: the node baseline ran", res["node"]["ledger_events"] > 0,
-                           f"{res['node']['ledger_events']} ledger events")
+        for fault in self.profile["faults"]:
+            res = self.leg("faults", fault, lambda fault=fault: self.fault_run(fault))
+            if not res:
+                continue
+            b, nd = res["bridge"], res["node"]
+            self.check(f"faults/{fault}: the bridge lost no event", b["lost"] == 0,
+                       f"lost {b['lost']} of {b['ledger_events']}, duplicated {b['duplicated']}")
+            self.check(f"faults/{fault}: the bridge streamed after the fault", b["after_fault"] > 0,
+                       f"{b['after_fault']} events handed to it after the fault")
+            if fault != "kafka_down":
+                self.check(f"faults/{fault}: the bridge duplicated nothing", b["duplicated"] == 0,
+                           f"duplicated {b['duplicated']}")
+            self.check(f"faults/{fault}: the node baseline ran", nd["ledger_events"] > 0,
+                       f"{nd['ledger_events']} events handed to it")
 
     def fault_run(self, fault: str) -> dict:
         p = self.profile
-        d, tansu, sim = self.env_for("faults", fault, "sqlite", p["fault_rate"])
+        d, tansu, sim = self.env_for("faults", fault, "sqlite", 0)
         topics = sim.topics()
-        (d / "bridge").mkdir()
-        (d / "node").mkdir()
-        bridge = self.start_client("bridge", d / "bridge", sim, tansu, topics)
-        node = self.start_client("node", d / "node", sim, tansu, topics)
-        samplers = {c.name: Sampler(c.proc.pid) for c in (bridge, node)}
-        for s in samplers.values():
-            s.start()
+        clients, tails, samplers = {}, {}, {}
+        for kind in ("bridge", "node"):
+            (d / kind).mkdir()
+            clients[kind] = self.start_client(kind, d / kind, sim, tansu, topics)
+            tails[kind] = lib.Tail(d / kind, tansu.brokers, clients[kind].kafka_topics)
+            samplers[kind] = Sampler(clients[kind].proc.pid)
+            samplers[kind].start()
+        sim.set_rate(p["fault_rate"])
         time.sleep(p["fault_warmup_s"])
         t_fault = now_ms()
         log(f"faults/{fault}: injecting")
@@ -504,55 +442,50 @@ class Harness:
             tansu.kill()
             time.sleep(p["kafka_down_s"])
             tansu.restart()
-            after = p["after_s"][fault]
         elif fault == "socket_closing":
             sim.fault({"fault": "socket_closing", "target": "all", "grace_ms": int(p["closing_grace_s"] * 1000)})
-            after = p["after_s"][fault]
         elif fault == "drop_socket":
             sim.fault({"fault": "drop_socket", "target": "all"})
-            after = p["after_s"][fault]
         elif fault == "silence":
             sim.fault({"fault": "silence", "target": "all"})
-            after = p["after_s"][fault]
         else:
             raise BenchError(f"unknown fault {fault}")
-        time.sleep(after)
+        time.sleep(p["after_s"][fault])
         sim.set_rate(0)
         t_stop = now_ms()
         wait_quiet(sim)
         ledger_all = sim.ledger_events()
         out = {"fault": fault, "fault_at_ms": t_fault, "traffic_stopped_ms": t_stop}
-        for c in (bridge, node):
-            ledger = ledger_of(sim, c.client_id, ledger_all)
-            drained = wait_drained(tansu.brokers, c.kafka_topics, len(ledger), p["drain_stall_s"], p["drain_max_s"],
-                                   c.proc)
-            last = samplers[c.name].stop()
-            records = consume_all(tansu.brokers, c.kafka_topics)
-            acc = account(ledger, records)
+        for kind, client in clients.items():
+            ledger = ledger_of(sim, client.client_id, ledger_all)
+            tail = tails[kind]
+            drained = tail.wait(all_landed(ledger), p["drain_stall_s"], p["drain_max_s"], client.proc)
+            last = samplers[kind].stop()
+            tail.stop()
+            acc = account(ledger, tail)
             sent = sorted(e["sentAtMs"] for e in ledger)
             window = [t_fault - 1000] + [t for t in sent if t_fault - 1000 <= t <= t_stop] + [t_stop]
             gap = max((b - a for a, b in zip(window, window[1:])), default=0.0)
-            chans = sim.channels(c.client_id)
-            gaps_recorded = None
-            if c.name == "bridge":
-                status = consume_all(tansu.brokers, [BRIDGE_TOPICS[1]])
-                gaps_recorded = sum(1 for r in status if b'"gap"' in r.value)
-            out[c.name] = {
+            chans = sim.channels(client.client_id)
+            gap_records = None
+            if kind == "bridge":
+                gap_records = sum(1 for v in lib.read_all(tansu.brokers, [BRIDGE_TOPICS[1]]) if b'"gap"' in v)
+            out[kind] = {
                 "ledger_events": acc.ledger_events,
                 "landed": acc.landed_matching,
                 "lost": acc.lost,
                 "duplicated": acc.duplicated,
                 "other_records": acc.other_records,
-                "after_fault": sum(1 for t in sent if t > t_fault + 1),
+                "after_fault": sum(1 for t in sent if t > t_fault),
                 "longest_gap_s": gap / 1000.0,
                 "channels": len(chans),
                 "connections": sum(ch.get("connections", 0) for ch in chans),
                 "drained": drained,
-                "alive_at_end": c.proc.alive(),
-                "exit_code": c.proc.exit_code(),
-                "gap_records": gaps_recorded,
+                "alive_at_end": client.proc.alive(),
+                "exit_code": client.proc.exit_code(),
+                "gap_records": gap_records,
                 "peak_rss_mib": (last.hwm_kib / 1024.0) if last else float("nan"),
-                "log_tail": c.proc.tail(6) if not c.proc.alive() else "",
+                "log_tail": client.proc.tail(8) if not client.proc.alive() else "",
             }
         return out
 
@@ -640,34 +573,35 @@ def write_payloads(path: Path, ledger: list[dict], paced: bool) -> dict:
     return out
 
 
-def start_tail(d: Path, brokers: str, topics: list[str]) -> tuple[Proc, Path]:
-    out = d / "receipts.tsv"
-    log_path = d / "tail.log"
-    tail = Proc("tail", [sys.executable, BENCH / "kafka_tail.py", "--brokers", brokers, "--out", out, *topics],
-                log_path)
-    wait_until("consumer ready", 30, lambda: "ready" in log_path.read_text())
-    return tail, out
+def run_raw(d: Path, brokers: str, mode: str, timeout: float) -> dict:
+    stats_path = d / "raw-stats.json"
+    raw = Proc("raw", [sys.executable, BENCH / "raw_producer.py", "--brokers", brokers, "--topic", RAW_TOPICS[0],
+                       "--payloads", d / "payloads.tsv", "--mode", mode, "--out", stats_path], d / "raw.log")
+    try:
+        raw.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"raw producer still running after {timeout:.0f} s")
+    if raw.popen.returncode != 0:
+        raise BenchError(f"raw producer exited {raw.popen.returncode}:\n{raw.tail()}")
+    raw.stop()
+    return json.loads(stats_path.read_text())
 
 
-def stop_tail(tail) -> dict:
-    proc, out = tail
-    proc.stop(timeout=10)
-    receipts = {}
-    with open(out) as f:
-        for line in f:
-            t, ts, cid = line.rstrip("\n").split("\t")
-            if cid != "-" and cid not in receipts:
-                receipts[cid] = (float(t), int(ts))
-    return receipts
+def all_landed(ledger: list[dict]):
+    cids = {e["correlationId"] for e in ledger if e.get("correlationId")}
+
+    def done(tail) -> bool:
+        return tail.with_cid >= len(cids) and all(c in tail.first for c in cids)
+    return done
 
 
-def wait_quiet(sim: Sim, quiet_s: float = 3.0, max_s: float = 60.0):
+def wait_quiet(sim: Sim, quiet_s: float = 2.0, max_s: float = 60.0):
     """After arrivals are paused, conversations already running still produce events: wait until
     the ledger stops growing."""
     deadline = time.monotonic() + max_s
     last, since = sim.ledger_total(), time.monotonic()
     while time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.25)
         n = sim.ledger_total()
         if n != last:
             last, since = n, time.monotonic()
@@ -675,38 +609,41 @@ def wait_quiet(sim: Sim, quiet_s: float = 3.0, max_s: float = 60.0):
             return
 
 
-def wait_drained(brokers: str, topics: list[str], expected: int, stall_s: float, max_s: float, proc) -> bool:
-    """Waits until the topics hold at least `expected` records, or nothing new landed for
-    `stall_s`, or `max_s` passed. True if `expected` was reached."""
-    wm = Watermarks(brokers, topics)
-    try:
-        deadline = time.monotonic() + max_s
-        last, since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            try:
-                n = wm.total()
-            except Exception:  # noqa: BLE001
-                n = last
-            if n >= expected:
-                time.sleep(0.5)  # a few stragglers (heartbeats) may still come
-                return True
-            if n != last:
-                last, since = n, time.monotonic()
-            elif time.monotonic() - since >= stall_s:
-                return False
-            if proc is not None and not proc.alive() and time.monotonic() - since >= 1:
-                return False
-            time.sleep(0.2)
-        return False
-    finally:
-        wm.close()
+def burst_result(n: int, ledger: list[dict], tail, acc, res: dict, t_inject: float, complete: bool,
+                 alive: bool) -> dict:
+    firsts = [tail.first[e["correlationId"]][0] for e in ledger if e.get("correlationId") in tail.first]
+    first, last = (min(firsts), max(firsts)) if firsts else (float("nan"), float("nan"))
+    sent = [e["sentAtMs"] for e in ledger]
+    span = (last - first) / 1000.0
+    out = {
+        "events": n,
+        "ledger_events": acc.ledger_events,
+        "landed": acc.landed_matching,
+        "lost": acc.lost,
+        "duplicated": acc.duplicated,
+        "other_records": acc.other_records,
+        "first_to_last_s": span,
+        "inject_to_last_s": (last - t_inject) / 1000.0,
+        "sim_send_s": ((max(sent) - min(sent)) / 1000.0) if sent and len(set(sent)) > 1 else float("nan"),
+        "events_per_s": (len(firsts) - 1) / span if span > 0 else float("nan"),
+        "complete": complete,
+        "alive_at_end": alive,
+        **res,
+    }
+    out["cpu_s_per_10k"] = out["cpu_s"] / len(firsts) * 10_000 if firsts else float("nan")
+    return out
 
 
-def latency_result(ledger, sent: dict, receipts: dict, acc, res: dict, drained: bool, alive: bool) -> dict:
-    lat = [receipts[c][0] - s for c, s in sent.items() if c in receipts]
-    ts_lat = [receipts[c][1] - s for c, s in sent.items() if c in receipts]
+def latency_result(ledger, tail, acc, res: dict, drained: bool, alive: bool, warmup_ms: float) -> dict:
     times = [e["sentAtMs"] for e in ledger]
-    span = (max(times) - min(times)) / 1000.0 if times else 0.0
+    start = min(times) if times else 0.0
+    lat, ts_lat = [], []
+    for e in ledger:
+        got = tail.first.get(e.get("correlationId"))
+        if got and e["sentAtMs"] >= start + warmup_ms:
+            lat.append(got[0] - e["sentAtMs"])
+            ts_lat.append(got[1] - e["sentAtMs"])
+    span = (max(times) - start) / 1000.0 if times else 0.0
     out = {
         "ledger_events": acc.ledger_events,
         "landed": acc.landed_matching,
@@ -725,8 +662,7 @@ def latency_result(ledger, sent: dict, receipts: dict, acc, res: dict, drained: 
         "alive_at_end": alive,
         **res,
     }
-    if out["landed"] and res.get("cpu_s") == res.get("cpu_s"):
-        out["cpu_s_per_10k"] = res["cpu_s"] / out["landed"] * 10_000
+    out["cpu_s_per_10k"] = res["cpu_s"] / acc.landed_matching * 10_000 if acc.landed_matching else float("nan")
     return out
 
 

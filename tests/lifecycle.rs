@@ -68,12 +68,6 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
             }
         });
         // Stops the watcher even when an assertion below fails.
-        struct StopOnDrop<'a>(&'a AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
         let _stop_watcher = StopOnDrop(&done);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
@@ -177,4 +171,277 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
     assert_eq!(duplicated, 0, "events duplicated");
     assert_eq!(landed.len(), unique.len());
     assert!(bridge.metric("genesys_bridge_duplicates_suppressed_total") >= overlapping as f64);
+}
+
+/// The gap records on the status topic, as (start ms, end ms, reason).
+fn gap_records(kafka: &Tansu) -> Vec<(i64, i64, String)> {
+    consume_all(&kafka.brokers(), &["status"])
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value).ok())
+        .filter(|v| v["type"] == "gap")
+        .map(|v| {
+            let ms = |key: &str| {
+                v[key]
+                    .as_str()
+                    .unwrap()
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .unwrap()
+                    .timestamp_millis()
+            };
+            (
+                ms("gap_start"),
+                ms("gap_end"),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn unplanned_losses_leave_gap_records_that_cover_exactly_what_was_missed() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 3);
+    let sim = Simulator::start(SimConfig {
+        rate_per_sec: 8.0,
+        heartbeat_interval: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&sim.base_url(), &kafka.brokers(), EXTRA)
+        .replace("dead_after = \"2s\"", "dead_after = \"1500ms\"");
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    // A socket dropped without a close frame: the bridge reconnects to its channel.
+    let dropped = sim.faults().drop_socket(Target::All);
+    assert_eq!(dropped.len(), 1);
+    wait_until("a gap record for the drop", Duration::from_secs(20), || {
+        gap_records(&kafka).len() >= 1
+    });
+    bridge.wait_ready(Duration::from_secs(20));
+    // A socket that goes silent: replaced after dead_after by a new channel.
+    sim.faults().silence(Target::All, None);
+    wait_until(
+        "a gap record for the silence",
+        Duration::from_secs(20),
+        || gap_records(&kafka).iter().any(|g| g.2 == "dead_socket"),
+    );
+    bridge.wait_ready(Duration::from_secs(20));
+    // Let events flow on the new channel, then quiesce.
+    let sent_so_far = sim.ledger_count(|e| e.kind == FrameKind::Event);
+    wait_until("events on the new channel", Duration::from_secs(20), || {
+        sim.ledger_count(|e| e.kind == FrameKind::Event) > sent_so_far + 20
+    });
+    sim.set_rate(0.0);
+    let quiesced_at = chrono::Utc::now().timestamp_millis();
+    for channel in sim.channels().into_iter().filter(|c| c.connected) {
+        sim.faults().silence(Target::Channel(channel.id), None);
+    }
+
+    let gaps = gap_records(&kafka);
+    assert_eq!(gaps.len(), 2, "one gap per unplanned loss: {gaps:?}");
+    let delivered: std::collections::HashSet<String> = sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.kind == FrameKind::Event)
+        .map(|e| e.frame.to_string())
+        .collect();
+    // Truly lost: published for a subscription of ours, handed to no socket of ours (before the
+    // test itself silenced everything).
+    let lost: Vec<_> = sim
+        .missed()
+        .into_iter()
+        .filter(|m| m.at_ms < quiesced_at && !delivered.contains(&*m.frame))
+        .collect();
+    assert!(!lost.is_empty(), "the faults made Genesys miss events");
+    // The publish time of a frame queued just before the loss can precede the receive time of
+    // the last frame read by a few milliseconds.
+    let slack_ms = 250;
+    for missed in &lost {
+        assert!(
+            gaps.iter()
+                .any(|(start, end, _)| missed.at_ms >= start - slack_ms && missed.at_ms <= *end),
+            "missed event at {} ({:?}) outside every gap {gaps:?}",
+            missed.at,
+            missed.reason
+        );
+    }
+    // Nothing outside the gaps is missing from Kafka.
+    let topics = ["user-conversations", "queue-conversations"];
+    wait_until(
+        "every delivered event is in Kafka",
+        Duration::from_secs(60),
+        || {
+            let landed = consume_all(&kafka.brokers(), &topics);
+            let values: std::collections::HashSet<&str> =
+                landed.iter().map(|r| r.value.as_str()).collect();
+            delivered.iter().all(|f| values.contains(f.as_str()))
+        },
+    );
+    eprintln!(
+        "{} events lost inside {} gaps, none outside",
+        lost.len(),
+        gaps.len()
+    );
+}
+
+#[test]
+fn rate_limited_rest_calls_wait_as_told_then_recover() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        rate_per_sec: 2.0,
+        heartbeat_interval: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    let storm = Duration::from_secs(20);
+    let retry_after = 2;
+    sim.faults().rest(genesys_sim::RestFault {
+        kind: genesys_sim::RestFaultKind::TooManyRequests,
+        count: None,
+        duration_ms: Some(storm.as_millis() as u64),
+        scope: genesys_sim::RestScope::Api,
+        retry_after_s: retry_after,
+        delay_ms: 0,
+    });
+    let storm_started = Instant::now();
+    // The channel dies: a new one needs REST calls, which are refused for the storm's length.
+    sim.faults().expire_channel(Target::All);
+    wait_until(
+        "the bridge is back after the storm",
+        Duration::from_secs(60),
+        || storm_started.elapsed() > storm && matches!(bridge.get("/readyz"), Some((200, _))),
+    );
+    let stats = sim.rest_requests();
+    let refused: Vec<_> = stats.requests.iter().filter(|r| r.status == 429).collect();
+    assert!(!refused.is_empty());
+    for pair in refused.windows(2) {
+        let waited = pair[1].at_ms - pair[0].at_ms;
+        assert!(
+            waited >= retry_after as i64 * 1000 - 100,
+            "Retry-After {retry_after} s not honoured: {waited} ms between {} and {}",
+            pair[0].path,
+            pair[1].path
+        );
+    }
+    let bound = storm.as_secs() / retry_after + 2;
+    assert!(
+        refused.len() as u64 <= bound,
+        "{} refused requests during a {storm:?} storm (bound {bound})",
+        refused.len()
+    );
+    eprintln!("{} requests refused with 429, bound {bound}", refused.len());
+}
+
+#[test]
+fn hundreds_of_rollovers_never_hold_more_sockets_than_shards_plus_rollovers() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        rate_per_sec: 2.0,
+        heartbeat_interval: Duration::from_secs(1),
+        socket_closing_grace: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&sim.base_url(), &kafka.brokers(), EXTRA)
+        .replace("[topics]\n", "[topics]\nper_channel = 5\n");
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    let shards = bridge.status()["shards"].as_array().unwrap().len();
+    assert_eq!(shards, 5, "25 topics over channels of 5");
+    let most = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let connected = sim.channels().iter().filter(|c| c.connected).count();
+                most.fetch_max(connected, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let _stop = StopOnDrop(&done);
+        for _ in 0..40 {
+            let before = rollovers(&bridge, "socket_closing");
+            let closing = sim.faults().socket_closing(Target::All, None);
+            assert_eq!(closing.len(), shards);
+            wait_until("every shard rolled over", Duration::from_secs(20), || {
+                rollovers(&bridge, "socket_closing") >= before + shards as f64
+            });
+        }
+    });
+    let total = rollovers(&bridge, "socket_closing");
+    assert!(total >= 200.0, "{total} rollovers");
+    let most = most.load(Ordering::Relaxed);
+    assert!(
+        most <= 2 * shards,
+        "{most} sockets connected at once for {shards} shards"
+    );
+    let evicted_while_ours = sim
+        .channels()
+        .into_iter()
+        .filter(|c| matches!(c.death, Some(genesys_sim::ChannelDeath::Evicted)))
+        .count();
+    eprintln!(
+        "{total} rollovers, at most {most} sockets, {evicted_while_ours} idle channels evicted"
+    );
+    bridge.wait_ready(Duration::from_secs(20));
+}
+
+/// Sets the flag when dropped, even when an assertion fails.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn no_longer_subscribed_moves_the_shard_to_a_new_subscribed_channel() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        rate_per_sec: 4.0,
+        heartbeat_interval: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    let old = sim.faults().no_longer_subscribed(Target::All);
+    assert_eq!(old.len(), 1);
+    wait_until(
+        "streaming on a new, subscribed channel",
+        Duration::from_secs(20),
+        || {
+            sim.channels()
+                .iter()
+                .any(|c| c.connected && !old.contains(&c.id) && !c.topics.is_empty())
+        },
+    );
+    let produced = bridge.metric("genesys_bridge_events_produced_total");
+    wait_until("events flow again", Duration::from_secs(20), || {
+        bridge.metric("genesys_bridge_events_produced_total") > produced + 5.0
+    });
+    assert!(
+        sim.channels()
+            .iter()
+            .all(|c| !(c.connected && old.contains(&c.id))),
+        "the unsubscribed channel is not used again"
+    );
 }

@@ -154,6 +154,10 @@ impl SocketActor {
     fn on_doomed(&mut self, conn_id: u64, reason: &'static str, ctx: &mut Context<Self>) {
         if self.is_current(conn_id) {
             tracing::info!(shard = self.shard, reason, "channel ending; rolling over");
+            if let Some(current) = self.current.as_mut() {
+                // Never reconnect to this channel: it is closing, or lost its subscriptions.
+                current.doomed = Some(reason);
+            }
             self.start_rollover(reason, ctx);
         } else if let Some(next) = self.next.as_mut().filter(|c| c.id == conn_id) {
             tracing::info!(

@@ -430,7 +430,7 @@ impl SocketActor {
             .token
             .valid()
             .is_some_and(|t| t.generation == lost.token_generation);
-        if !expiring && token_current && reason != "dead_socket" {
+        if !expiring && token_current && reason != "dead_socket" && lost.doomed.is_none() {
             self.reusable = Some((lost.channel.clone(), lost.rejected.clone()));
         }
         self.close_conn(lost, ctx);
