@@ -61,8 +61,10 @@ def main() -> int:
         "message.timeout.ms": 0,
         "client.id": "bench-raw-producer",
     })
-    # Connect and learn the topic's partitions before the clock starts.
+    # Connect, learn the topic's partitions and get the idempotent producer id before the clock
+    # starts (the clients under test are connected before their workload starts, too).
     producer.list_topics(args.topic, timeout=20)
+    producer.poll(1.0)
 
     cpu0 = cpu_s()
     t0_ms = time.time() * 1000.0

@@ -216,7 +216,7 @@ fn unplanned_losses_leave_gap_records_that_cover_exactly_what_was_missed() {
     let dropped = sim.faults().drop_socket(Target::All);
     assert_eq!(dropped.len(), 1);
     wait_until("a gap record for the drop", Duration::from_secs(20), || {
-        gap_records(&kafka).len() >= 1
+        !gap_records(&kafka).is_empty()
     });
     bridge.wait_ready(Duration::from_secs(20));
     // A socket that goes silent: replaced after dead_after by a new channel.
