@@ -138,6 +138,10 @@ pub struct TopicsConfig {
 pub struct KafkaConfig {
     /// librdkafka properties; `bootstrap.servers` is required.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties read from files at start-up (e.g. `sasl.password` from a mounted
+    /// Secret), so that secrets stay out of the config file. Trailing newlines are removed.
+    #[serde(default)]
+    pub properties_from_files: BTreeMap<String, PathBuf>,
     /// Topic for events no route matches.
     pub default_topic: String,
     /// Routes from Genesys topic patterns to Kafka topics; the first match wins.
@@ -538,7 +542,7 @@ impl Config {
             return Err(invalid("kafka.max_in_flight", "must be at least 1"));
         }
         // librdkafka checks its own properties: build a client config now, not at first use.
-        let probe = rdkafka::ClientConfig::from_iter(k.properties.clone());
+        let probe = rdkafka::ClientConfig::from_iter(self.kafka_properties()?);
         let producer: Result<rdkafka::producer::BaseProducer, _> = probe.create();
         if let Err(error) = producer {
             return Err(invalid("kafka.properties", error.to_string()));
@@ -572,6 +576,27 @@ impl Config {
             return Err(invalid("backfill.topic", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// `kafka.properties` with `kafka.properties_from_files` read in.
+    pub fn kafka_properties(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut properties = self.kafka.properties.clone();
+        for (name, path) in &self.kafka.properties_from_files {
+            let key = format!("kafka.properties_from_files.\"{name}\"");
+            if properties.contains_key(name) {
+                return Err(invalid(
+                    &key,
+                    "also set in kafka.properties; set it in one place",
+                ));
+            }
+            let content = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+            properties.insert(
+                name.clone(),
+                content.trim_end_matches(['\n', '\r']).to_string(),
+            );
+        }
+        Ok(properties)
     }
 
     /// The effective configuration as TOML, for `check-config`. Secrets never appear in it:
@@ -620,7 +645,7 @@ impl Config {
                 allow_fault_injection: fault_injection,
             }),
             kafka: Arc::new(KafkaSettings {
-                properties: self.kafka.properties.clone(),
+                properties: self.kafka_properties()?,
                 router: Router::new(&self.kafka.routes, &self.kafka.default_topic),
                 status_topic: self.kafka.status_topic.clone(),
                 backfill_topic: self.backfill.enabled.then(|| self.backfill.topic.clone()),

@@ -146,6 +146,16 @@ fn a_sigkilled_bridge_delivers_everything_it_read_after_a_restart() {
     bridge.restart(&[]);
     let duplicates = assert_all_delivered(&sim, &kafka.brokers(), Duration::from_secs(60));
     eprintln!("SIGKILL: 0 lost, {duplicates} duplicates");
+    // The restart itself is a gap: from the last frame of the killed run to the first of this.
+    wait_until(
+        "a gap record for the restart",
+        Duration::from_secs(30),
+        || {
+            consume_all(&kafka.brokers(), &["status"])
+                .iter()
+                .any(|r| r.value.contains("\"gap\"") && r.value.contains("\"restart\""))
+        },
+    );
 }
 
 #[test]

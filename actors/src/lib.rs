@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod genesys;
 pub mod health;
 pub mod heartbeat;
+pub mod last_frames;
 pub mod messages;
 pub mod metrics;
 pub mod peers;

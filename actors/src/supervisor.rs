@@ -19,6 +19,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::genesys::rest::GenesysClient;
 use crate::health::Health;
 use crate::heartbeat::HeartbeatActor;
+use crate::last_frames::LastFrames;
 use crate::messages::{AreYouAlive, Flush, InjectFault, StopReading, UpdateTopics};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -124,6 +125,8 @@ pub struct Supervisor {
     expanding: bool,
     backfill_queue: Option<BackfillQueue>,
     backfill: Option<Addr<BackfillActor>>,
+    /// Last frame per shard of the previous run, taken by each shard's first start.
+    restart_gaps: std::collections::BTreeMap<u32, chrono::DateTime<Utc>>,
 }
 
 impl Supervisor {
@@ -134,6 +137,7 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         backfill_queue: Option<BackfillQueue>,
     ) -> Self {
+        let restart_gaps = LastFrames::new(spool.dir()).load();
         Self {
             settings,
             spool,
@@ -146,6 +150,7 @@ impl Supervisor {
             client: None,
             shutting_down: false,
             expanding: false,
+            restart_gaps,
             backfill_queue,
             backfill: None,
         }
@@ -210,6 +215,7 @@ impl Supervisor {
                 let topics = self.shards.get(shard as usize).cloned().unwrap_or_default();
                 let slot = self.peers.socket_slot(shard);
                 let backfill = self.backfill_queue.clone();
+                let restart_gap = self.restart_gaps.remove(&shard);
                 let addr = SocketActor::start_in_arbiter(&handle, move |_| {
                     SocketActor::new(
                         shard,
@@ -222,6 +228,7 @@ impl Supervisor {
                         metrics,
                         backfill,
                     )
+                    .with_restart_gap(restart_gap)
                 });
                 slot.set(Some(addr));
             }
@@ -446,8 +453,16 @@ impl Actor for Supervisor {
         let metrics = self.metrics.clone();
         let health = self.health.clone();
         let mut refusals_seen = 0;
+        let mut last_frames = LastFrames::new(self.spool.dir());
         ctx.run_interval(Duration::from_secs(1), move |_, _| {
             publish_spool_stats(&spool, &metrics, &health, &mut refusals_seen);
+            let frames = health
+                .lock()
+                .shards
+                .iter()
+                .filter_map(|s| s.last_frame_at.map(|at| (s.shard, at)))
+                .collect();
+            last_frames.save(frames);
         });
     }
 }

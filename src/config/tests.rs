@@ -125,3 +125,26 @@ fn check_config_output_redacts_secrets() {
     // The printed config is itself a valid config.
     parse(&shown).unwrap();
 }
+
+#[test]
+fn kafka_secrets_can_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pa55\n").unwrap();
+    let text = MINIMAL.replace(
+        "[kafka.properties]",
+        &format!(
+            "properties_from_files = {{ \"sasl.password\" = \"{}\" }}\n[kafka.properties]",
+            password.display()
+        ),
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.kafka_properties().unwrap()["sasl.password"], "pa55");
+    assert!(!config.redacted_toml().contains("pa55"));
+    let missing = text.replace(&password.display().to_string(), "/nonexistent/password");
+    let message = error_of(&missing);
+    assert!(
+        message.starts_with("kafka.properties_from_files.\"sasl.password\""),
+        "{message}"
+    );
+}

@@ -224,6 +224,20 @@ impl SocketActor {
     }
 }
 
+impl SocketActor {
+    /// The previous run of the bridge last received a frame on this shard at `since`: the
+    /// first frame of this run closes that gap (reason `restart`).
+    pub fn with_restart_gap(mut self, since: Option<DateTime<Utc>>) -> Self {
+        if let Some(since) = since {
+            self.gap = Some(OpenGap {
+                since,
+                reason: "restart",
+            });
+        }
+        self
+    }
+}
+
 impl Actor for SocketActor {
     type Context = Context<Self>;
 
