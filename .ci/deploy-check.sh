@@ -3,10 +3,12 @@
 # README (generated from values.yaml), and then deploy/scripts/check_deploy.py: helm lint, render of
 # every ci/*-values.yaml scenario, Kubernetes schema validation of every object, schema and
 # template guards that must refuse bad values, `check-config` of every rendered bridge.toml, and
-# the plain manifests against the chart's defaults.
+# the plain manifests against the chart's defaults. Files of the kafka.existingSecret mount that a
+# rendered bridge.toml names (CA, client certificate and key, properties_from_files secrets) are
+# stood in for by a temporary directory during `check-config` (TLS material generated with openssl).
 #
 # Run from the repository root: bash .ci/deploy-check.sh
-# Needs the network only to create the venv (.venv, pinned versions) on first use.
+# Needs the network only to create the venv (.venv, pinned versions) on first use, and the openssl CLI.
 # BRIDGE_BIN overrides the bridge binary (default: the debug build, built if missing).
 set -euo pipefail
 
@@ -50,6 +52,10 @@ else
   fi
 fi
 echo "== deploy-check: bridge binary $BRIDGE_BIN"
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "deploy-check: the openssl CLI is missing; it generates the TLS files that check-config loads for the TLS scenarios" >&2
+  exit 1
+fi
 
 echo "== deploy-check: hadolint deploy/Dockerfile"
 "$VENV/bin/hadolint" deploy/Dockerfile

@@ -9,6 +9,12 @@ the repository root, with the venv's python:
 Offline: helm-python-sdk (Helm's Go SDK) lints and renders, kubernetes-validate holds the
 Kubernetes schemas, and the bridge's own `check-config` judges every rendered bridge.toml.
 Prints one line per check; exits 1 if any failed.
+
+Files under the mount of kafka.existingSecret (CA, client certificate and key, SASL password read
+through properties_from_files) do not exist here, and `check-config` loads them: for that check
+only, the mount path in bridge.toml is pointed at a temporary directory holding what the property
+names call for (a CA, a client certificate and key signed by it, generated with the `openssl` CLI;
+dummy secrets). See SecretMountFixture.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +44,10 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
 # Files in deploy/k8s that are not Kubernetes API objects.
 NOT_API_OBJECTS = {"kustomization.yaml"}
 EXIT_CONFIG = 64
+# The dummy secret of every fixture file that is not TLS material (SASL password, key passphrase).
+# Written with a trailing newline, as `kubectl create secret --from-file` often stores it: the bridge
+# strips it.
+FIXTURE_SECRET = "not-a-real-secret"
 
 
 class Checks:
@@ -115,7 +126,11 @@ def bridge_toml(docs: list[dict]) -> tuple[str, str] | None:
     return None
 
 
-def run_check_config(bridge: Path, text: str) -> subprocess.CompletedProcess:
+def run_check_config(bridge: Path, text: str, mount: tuple[str, Path] | None = None) -> subprocess.CompletedProcess:
+    """check-config of `text`; `mount` (path in the pod, local directory) redirects the files of the
+    mounted kafka.existingSecret to the local directory."""
+    if mount:
+        text = text.replace(json.dumps(mount[0] + "/")[:-1], json.dumps(f"{mount[1]}/")[:-1])
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as handle:
         handle.write(text)
         path = handle.name
@@ -128,7 +143,87 @@ def run_check_config(bridge: Path, text: str) -> subprocess.CompletedProcess:
         Path(path).unlink(missing_ok=True)
 
 
-def check_bridge_config(checks: Checks, bridge: Path, docs: list[dict], label: str) -> dict | None:
+class SecretMountFixture:
+    """Stands in for the mounted kafka.existingSecret when check-config runs here.
+
+    For each file a rendered bridge.toml names under the mount (a librdkafka property's value, or a
+    properties_from_files entry), it writes what the property calls for: ssl.ca.location a CA
+    certificate, ssl.certificate.location a client certificate signed by it, ssl.key.location the
+    client key (encrypted with ssl.key.password when that is set, so that check-config proves the
+    passphrase read from its file fits), anything else FIXTURE_SECRET and a newline. The TLS
+    material is generated once per run with the openssl CLI (EC P-256, valid one day) and never
+    leaves the temporary directory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.material: dict[str, bytes] = {}
+        self.count = 0
+
+    def _openssl(self, *args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.root, timeout=60)
+
+    def _tls(self, passphrase: str | None) -> dict[str, bytes]:
+        """CA, client certificate and client key (PEM; the key encrypted with `passphrase`, if any)."""
+        if not self.material:
+            if shutil.which("openssl") is None:
+                raise RuntimeError("the openssl CLI is needed to generate TLS fixtures for check-config")
+            ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+            self._openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
+                          "-days", "1", "-subj", "/CN=deploy-check test CA")
+            self._openssl("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr",
+                          "-subj", "/CN=genesys-kafka-bridge")
+            self._openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                          "-CAcreateserial", "-days", "1", "-out", "client.crt")
+            self.material = {name: (self.root / name).read_bytes() for name in ("ca.crt", "client.crt", "client.key")}
+        key = self.material["client.key"]
+        if passphrase is not None:
+            self._openssl("pkey", "-in", "client.key", "-out", "client-encrypted.key", "-aes256",
+                          "-passout", f"pass:{passphrase}")
+            key = (self.root / "client-encrypted.key").read_bytes()
+        return {"ssl.ca.location": self.material["ca.crt"], "ssl.certificate.location": self.material["client.crt"],
+                "ssl.key.location": key}
+
+    def directory_for(self, config: dict, mount_path: str) -> tuple[Path, list[str]]:
+        """A directory with the files `config` names under `mount_path`, and their names."""
+        self.count += 1
+        directory = self.root / f"mount-{self.count}"
+        directory.mkdir()
+        kafka = config.get("kafka", {})
+        properties = kafka.get("properties", {})
+        from_files = kafka.get("properties_from_files", {})
+        prefix = mount_path.rstrip("/") + "/"
+        named = [(name, value) for name, value in properties.items() if str(value).startswith(prefix)]
+        named += [(name, value) for name, value in from_files.items() if value.startswith(prefix)]
+        if "ssl.key.password" in from_files:
+            passphrase = FIXTURE_SECRET
+        else:
+            passphrase = properties.get("ssl.key.password")
+        written = []
+        for name, value in named:
+            relative = value[len(prefix):]
+            if name in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
+                content = self._tls(passphrase)[name]
+            else:
+                content = (FIXTURE_SECRET + "\n").encode()
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            written.append(relative)
+        return directory, sorted(written)
+
+
+def kafka_secret_mount(docs: list[dict]) -> str | None:
+    """Where the pod mounts kafka.existingSecret, if it does."""
+    for deployment in kind_of(docs, "Deployment"):
+        for mount in deployment["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", []):
+            if mount["name"] == "kafka-secret":
+                return mount["mountPath"]
+    return None
+
+
+def check_bridge_config(checks: Checks, bridge: Path, docs: list[dict], label: str,
+                        fixture: SecretMountFixture | None = None) -> dict | None:
     found = bridge_toml(docs)
     if not checks.expect(found is not None, f"{label}: renders bridge.toml"):
         return None
@@ -139,10 +234,23 @@ def check_bridge_config(checks: Checks, bridge: Path, docs: list[dict], label: s
     except tomllib.TOMLDecodeError as error:
         checks.fail(f"{label}: {where} bridge.toml is valid TOML", f"{error}\n{text}")
         return None
-    result = run_check_config(bridge, text)
+    mount_path = kafka_secret_mount(docs)
+    mount = None
+    note = ""
+    if mount_path and fixture:
+        try:
+            directory, files = fixture.directory_for(parsed, mount_path)
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", b"") or b""
+            checks.fail(f"{label}: fixture files for the kafka.existingSecret mount", f"{error}\n{detail.decode(errors='replace')}")
+            return parsed
+        if files:
+            mount = (mount_path, directory)
+            note = f" ({mount_path}/ -> fixture: {', '.join(files)})"
+    result = run_check_config(bridge, text, mount)
     checks.expect(
         result.returncode == 0,
-        f"{label}: `genesys-kafka-bridge check-config` accepts {where} bridge.toml",
+        f"{label}: `genesys-kafka-bridge check-config` accepts {where} bridge.toml{note}",
         f"exit {result.returncode}\n{result.stderr}",
     )
     return parsed
@@ -253,6 +361,8 @@ def main() -> int:
     parser.add_argument("--bridge", required=True, type=Path, help="the genesys-kafka-bridge binary")
     args = parser.parse_args()
     checks = Checks()
+    fixture_root = tempfile.TemporaryDirectory(prefix="deploy-check-mount-")
+    fixture = SecretMountFixture(Path(fixture_root.name))
     chart = helm_python.Chart.load(str(CHART))
     scenarios = sorted((CHART / "ci").glob("*-values.yaml"))
     base = load_values(CHART / "ci" / "default-values.yaml")
@@ -293,7 +403,7 @@ def main() -> int:
         renders[label] = docs
         checks.ok(f"{label}: renders {len(docs)} objects ({', '.join(sorted(d['kind'] for d in docs))})")
         validate_objects(checks, docs, label)
-        check_bridge_config(checks, args.bridge, docs, label)
+        check_bridge_config(checks, args.bridge, docs, label, fixture)
         pod_invariants(checks, docs, values, label)
 
     print("== Scenario-specific expectations")
@@ -316,7 +426,39 @@ def main() -> int:
     default_kinds = {d["kind"] for d in renders.get("default-values.yaml", [])}
     checks.expect(not ({"ServiceMonitor", "PodMonitor", "PodDisruptionBudget"} & default_kinds), "default: no ServiceMonitor, PodMonitor or PDB")
     sasl = renders.get("sasl-tls-values.yaml", [])
-    checks.expect(not kind_of(sasl, "ConfigMap") and bridge_toml(sasl) and bridge_toml(sasl)[0].startswith("Secret/"), "sasl-tls: bridge.toml in a Secret, no ConfigMap")
+    sasl_kafka = config("sasl-tls-values.yaml").get("kafka", {})
+    checks.expect(bool(bridge_toml(sasl)) and bridge_toml(sasl)[0].startswith("ConfigMap/")
+                  and sasl_kafka.get("properties_from_files") == {"sasl.password": "/etc/genesys-kafka-bridge/kafka/password"}
+                  and "sasl.password" not in sasl_kafka.get("properties", {})
+                  and sasl_kafka.get("properties", {}).get("security.protocol") == "SASL_SSL",
+                  "sasl-tls: SASL_SSL, sasl.password read from the mounted Secret (properties_from_files), bridge.toml a ConfigMap without it",
+                  json.dumps(sasl_kafka, indent=1))
+    mtls = renders.get("mtls-values.yaml", [])
+    mtls_kafka = config("mtls-values.yaml").get("kafka", {})
+    checks.expect(bool(bridge_toml(mtls)) and bridge_toml(mtls)[0].startswith("Secret/") and not kind_of(mtls, "ConfigMap")
+                  and kafka_secret_mount(mtls) == "/etc/kafka-tls"
+                  and mtls_kafka.get("properties_from_files") == {"ssl.key.password": "/etc/kafka-tls/key-passphrase"},
+                  "mtls: bridge.toml in a Secret (config.asSecret), key passphrase from the Secret mounted at the custom kafka.secretMountPath",
+                  json.dumps(mtls_kafka, indent=1))
+    secret_like = re.compile(r"password|secret|\.key\.pem$|sasl\.oauthbearer\.client\.secret")
+    plain = {path.name: sorted(k for k in load_values(path).get("kafka", {}).get("properties", {}) if secret_like.search(k))
+             for path in scenarios}
+    plain = {name: keys for name, keys in plain.items() if keys}
+    checks.expect(not plain, "no scenario puts a password or secret in kafka.properties (kafka.propertiesFromSecret instead)", json.dumps(plain))
+    default_config = config("default-values.yaml")
+    checks.expect(default_config.get("backfill", {}).get("enabled") is False and "properties_from_files" not in default_config.get("kafka", {}),
+                  "default: [backfill] rendered with enabled = false; no properties_from_files")
+    wanted_backfill = {"enabled": True, "topic": "contact-center.genesys.backfill", "settle_delay": "5m", "margin": "30s",
+                       "max_interval": "30m", "page_size": 50, "requests_per_minute": 30, "max_attempts": 5}
+    checks.expect(config("backfill-values.yaml").get("backfill") == wanted_backfill,
+                  "backfill: every backfill value reaches [backfill] under its TOML key",
+                  diff(wanted_backfill, config("backfill-values.yaml").get("backfill", {})))
+    sasl_text = bridge_toml(sasl)[1] if bridge_toml(sasl) else ""
+    result = run_check_config(args.bridge, sasl_text)
+    checks.expect(result.returncode == EXIT_CONFIG and "properties_from_files" in result.stderr,
+                  "sasl-tls: without the mounted Secret, check-config refuses the config (the bridge reads properties_from_files at start)",
+                  f"exit {result.returncode}: {result.stderr}")
+    print(f"          -> {result.stderr.strip()[:160]}")
     existing = renders.get("existing-secret-values.yaml", [])
     checks.expect(not [d for d in existing if d["kind"] == "Secret"], "existing-secret: no chart-created Secret")
     checks.expect(config("existing-secret-values.yaml").get("kafka", {}).get("properties", {}).get("linger.ms") == "20", "existing-secret: integer librdkafka property rendered as a string")
@@ -346,6 +488,14 @@ def main() -> int:
         ({"persistence": {"size": "2GB"}}, "/persistence/size", 'persistence.size: "2GB"'),
         ({"kafka": {"properties": {"linger.ms": 0.5}}}, "/kafka/properties/linger.ms", "kafka.properties value 0.5"),
         ({"readinessProbe": {"enabeld": True}}, "enabeld", "readinessProbe.enabeld (a typo)"),
+        ({"backfill": {"pageSize": 101}}, "/backfill/pageSize", "backfill.pageSize: 101"),
+        ({"backfill": {"requestsPerMinute": 0}}, "/backfill/requestsPerMinute", "backfill.requestsPerMinute: 0"),
+        ({"backfill": {"maxAttempts": 0}}, "/backfill/maxAttempts", "backfill.maxAttempts: 0"),
+        ({"backfill": {"maxInterval": "0s"}}, "/backfill/maxInterval", 'backfill.maxInterval: "0s"'),
+        ({"backfill": {"enabled": "yes"}}, "/backfill/enabled", 'backfill.enabled: "yes"'),
+        ({"backfill": {"topic": ""}}, "/backfill/topic", 'backfill.topic: ""'),
+        ({"kafka": {"existingSecret": "k", "propertiesFromSecret": {"sasl.password": "../password"}}},
+         "/kafka/propertiesFromSecret/sasl.password", 'kafka.propertiesFromSecret value "../password" (not a Secret key)'),
     ]
     for override, needle, what in schema_cases:
         expect_render_failure(checks, chart, deep_merge(base, override), helm_python.HelmValuesError, needle, what)
@@ -361,6 +511,11 @@ def main() -> int:
         ({"terminationGracePeriodSeconds": 20}, "must exceed supervisor.shutdownDeadline", "grace period 20 s = shutdown deadline 20 s"),
         ({"kafka": {"properties": {"bootstrap.servers": "k:9092"}}}, "kafka.bootstrapServers", "bootstrap.servers in kafka.properties"),
         ({"service": {"enabled": False}, "metrics": {"serviceMonitor": {"enabled": True}}}, "needs service.enabled", "ServiceMonitor without a Service"),
+        ({"kafka": {"propertiesFromSecret": {"sasl.password": "password"}}}, "set kafka.existingSecret", "kafka.propertiesFromSecret without kafka.existingSecret"),
+        ({"kafka": {"existingSecret": "k", "properties": {"sasl.password": "x"}, "propertiesFromSecret": {"sasl.password": "password"}}},
+         "set in both kafka.properties and kafka.propertiesFromSecret", "sasl.password in kafka.properties and kafka.propertiesFromSecret"),
+        ({"kafka": {"existingSecret": "k", "propertiesFromSecret": {"bootstrap.servers": "brokers"}}},
+         "kafka.bootstrapServers, not kafka.propertiesFromSecret", "bootstrap.servers in kafka.propertiesFromSecret"),
     ]
     for override, needle, what in guard_cases:
         expect_render_failure(checks, chart, deep_merge(base, override), helm_python.HelmRenderError, needle, what)
@@ -407,6 +562,7 @@ def main() -> int:
                 spec["template"].pop("metadata", None)
         checks.expect(a == b, f"k8s {kind} spec = the chart's (labels and annotations aside)", diff(a, b))
 
+    fixture_root.cleanup()
     print()
     if checks.failed:
         print(f"deploy-check FAILED: {len(checks.failed)} of {checks.passed + len(checks.failed)} checks failed:")

@@ -158,6 +158,14 @@ impl SocketActor {
                 // Never reconnect to this channel: it is closing, or lost its subscriptions.
                 current.doomed = Some(reason);
             }
+            if reason != "socket_closing" && self.gap.is_none() {
+                // A revoked or unsubscribed channel delivers nothing more from this moment,
+                // while socket_closing leaves about a minute to roll over without a gap.
+                self.gap = Some(super::OpenGap {
+                    since: chrono::Utc::now(),
+                    reason,
+                });
+            }
             self.start_rollover(reason, ctx);
         } else if let Some(next) = self.next.as_mut().filter(|c| c.id == conn_id) {
             tracing::info!(

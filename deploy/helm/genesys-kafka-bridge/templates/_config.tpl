@@ -10,9 +10,11 @@ spool.dir and http.listen come from the pod layout, not from free-form values.
 {{- $sp := .Values.spool -}}
 {{- $so := .Values.socket -}}
 {{- $su := .Values.supervisor -}}
+{{- $bf := .Values.backfill -}}
 # genesys-kafka-bridge configuration, rendered by the Helm chart {{ include "gkb.chart" . }}.
 # Every key: config/bridge.example.toml. Credentials come from GENESYS_CLIENT_ID_FILE and
-# GENESYS_CLIENT_SECRET_FILE (a mounted Secret), never from this file.
+# GENESYS_CLIENT_SECRET_FILE (a mounted Secret), never from this file. Kafka secrets mapped with
+# kafka.propertiesFromSecret are read from the mounted kafka.existingSecret (properties_from_files).
 
 [genesys]
 {{- if and $g.apiUrl $g.loginUrl }}
@@ -46,6 +48,9 @@ dead_letter_topic = {{ toJson . }}
 dead_letter_file = {{ toJson . }}
 {{- end }}
 max_in_flight = {{ $k.maxInFlight | int64 }}
+{{- with $k.propertiesFromSecret }}
+properties_from_files = { {{ include "gkb.propertiesFromFiles" $ }} }
+{{- end }}
 routes = [
 {{- range $k.routes }}
   { pattern = {{ toJson .pattern }}, topic = {{ toJson .topic }} },
@@ -97,4 +102,27 @@ shutdown_deadline = {{ toJson $su.shutdownDeadline }}
 min = {{ toJson $su.restartBackoff.min }}
 max = {{ toJson $su.restartBackoff.max }}
 jitter = {{ include "gkb.float" $su.restartBackoff.jitter }}
+
+[backfill]
+enabled = {{ $bf.enabled }}
+topic = {{ toJson $bf.topic }}
+settle_delay = {{ toJson $bf.settleDelay }}
+margin = {{ toJson $bf.margin }}
+max_interval = {{ toJson $bf.maxInterval }}
+page_size = {{ $bf.pageSize | int64 }}
+requests_per_minute = {{ $bf.requestsPerMinute | int64 }}
+max_attempts = {{ $bf.maxAttempts | int64 }}
+{{- end -}}
+
+{{/*
+The entries of properties_from_files (a TOML inline table, without braces): each property of
+kafka.propertiesFromSecret points at its key's file in the mounted kafka.existingSecret.
+*/}}
+{{- define "gkb.propertiesFromFiles" -}}
+{{- $dir := trimSuffix "/" .Values.kafka.secretMountPath -}}
+{{- $entries := list -}}
+{{- range $name, $key := .Values.kafka.propertiesFromSecret -}}
+{{- $entries = append $entries (printf "%s = %s" (toJson $name) (printf "%s/%s" $dir $key | toJson)) -}}
+{{- end -}}
+{{- join ", " $entries -}}
 {{- end -}}

@@ -17,6 +17,19 @@ The bridge checks its own config again at start (`check-config`).
 {{- if hasKey .Values.kafka.properties "bootstrap.servers" -}}
 {{- fail "kafka.properties: set the brokers with kafka.bootstrapServers, not kafka.properties.\"bootstrap.servers\"" -}}
 {{- end -}}
+{{- with .Values.kafka.propertiesFromSecret -}}
+{{- if not $.Values.kafka.existingSecret -}}
+{{- fail "kafka.propertiesFromSecret reads files of the mounted kafka.existingSecret: set kafka.existingSecret to the Secret holding those keys" -}}
+{{- end -}}
+{{- if hasKey . "bootstrap.servers" -}}
+{{- fail "kafka.propertiesFromSecret: set the brokers with kafka.bootstrapServers, not kafka.propertiesFromSecret.\"bootstrap.servers\"" -}}
+{{- end -}}
+{{- range $name, $key := . -}}
+{{- if hasKey $.Values.kafka.properties $name -}}
+{{- fail (printf "kafka property %q is set in both kafka.properties and kafka.propertiesFromSecret (-> %s/%s): the bridge refuses that; keep it in one place (a secret: in kafka.propertiesFromSecret only)" $name (trimSuffix "/" $.Values.kafka.secretMountPath) $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq (include "gkb.strategyType" .) "RollingUpdate") (gt (.Values.topics.channelBudget | int64) 10) -}}
 {{- fail (printf "topics.channelBudget is %d: a RollingUpdate overlaps two pods on one OAuth client, whose 20-channel limit makes Genesys evict the oldest channels; keep channelBudget at most 10, or use updateStrategy.type=Recreate" (.Values.topics.channelBudget | int64)) -}}
 {{- end -}}
