@@ -111,10 +111,6 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             brokers.as_str()
         }
     );
-    println!(
-        "  metrics: http://{0}/metrics  status: http://{0}/status  (Ctrl-C stops early)",
-        args.http
-    );
 
     let started = Instant::now();
     let driver_sim = sim.clone();
@@ -124,7 +120,11 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let code = crate::run::run_bridge(
         &config,
         settings,
-        Some(Box::new(move |running| {
+        Some(Box::new(move |running: crate::run::Running| {
+            println!(
+                "  metrics: http://{0}/metrics  status: http://{0}/status  (Ctrl-C stops early)",
+                running.http_addr
+            );
             actix_rt::spawn(drive(running, driver_sim, driver_mock, duration, faults));
         })),
     );

@@ -52,6 +52,12 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         let left = (expiry - now).num_milliseconds() as f64 / 1000.0;
         state.metrics.token_seconds_to_expiry.set(left);
     }
+    let rejected: usize = snapshot
+        .shards
+        .iter()
+        .map(|s| s.rejected_topics.len())
+        .sum();
+    state.metrics.topics_rejected.set(rejected as i64);
     for shard in &snapshot.shards {
         if let Some(created) = shard.channel_created_at {
             let age = (now - created).num_milliseconds().max(0) as f64 / 1000.0;
@@ -106,10 +112,11 @@ async fn inject_fault(
     }
 }
 
+/// The HTTP server, bound (not yet running), and the address it is bound to.
 pub fn server(
     state: HttpState,
     listen: std::net::SocketAddr,
-) -> std::io::Result<actix_web::dev::Server> {
+) -> std::io::Result<(actix_web::dev::Server, std::net::SocketAddr)> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -123,7 +130,7 @@ pub fn server(
     .workers(1)
     .disable_signals()
     .shutdown_timeout(1)
-    .bind(listen)?
-    .run();
-    Ok(server)
+    .bind(listen)?;
+    let bound = server.addrs().first().copied().unwrap_or(listen);
+    Ok((server.run(), bound))
 }

@@ -79,6 +79,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub spool: Spool,
     pub server: actix_web::dev::ServerHandle,
+    /// Where HTTP listens (the real port when the config asked for port 0).
+    pub http_addr: std::net::SocketAddr,
 }
 
 impl Running {
@@ -167,8 +169,8 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
         liveness_deadline: config.http.liveness_deadline,
         fault_injection: config.debug.fault_injection,
     };
-    let server = match http::server(state, config.http.listen) {
-        Ok(server) => server,
+    let (server, http_addr) = match http::server(state, config.http.listen) {
+        Ok(bound) => bound,
         Err(error) => {
             tracing::error!(error = %error, listen = %config.http.listen, "cannot listen for HTTP");
             eprintln!("cannot listen on {}: {error}", config.http.listen);
@@ -177,13 +179,14 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
     };
     let handle = server.handle();
     actix_rt::spawn(server);
-    tracing::info!(listen = %config.http.listen, "HTTP: /livez /readyz /metrics /status");
+    tracing::info!(listen = %http_addr, "HTTP: /livez /readyz /metrics /status");
     Ok(Running {
         supervisor: supervisor_addr,
         health,
         metrics,
         spool,
         server: handle,
+        http_addr,
     })
 }
 

@@ -115,3 +115,64 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
         .count();
     assert_eq!(live, 1, "the rollover closed the old socket");
 }
+
+#[test]
+fn rejected_topics_are_reported_and_the_rest_keep_streaming() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let permissions = genesys_sim::ALL_PERMISSIONS
+        .iter()
+        .filter(|p| **p != genesys_sim::PERM_QUEUE_OBSERVATION)
+        .map(|p| p.to_string())
+        .collect();
+    let sim = Simulator::start(SimConfig {
+        rate_per_sec: 4.0,
+        clients: vec![genesys_sim::SimClient {
+            client_id: "sim-client".into(),
+            client_secret: "sim-secret".into(),
+            permissions,
+        }],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[topics]
+templates = [
+  { template = "v2.routing.queues.{id}.conversations" },
+  { template = "v2.analytics.queues.{id}.observations" },
+]
+"#;
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), extra),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    let status = bridge.status();
+    let rejected = status["shards"][0]["rejected_topics"].as_array().unwrap();
+    assert_eq!(rejected.len(), 5, "{rejected:?}");
+    for topic in rejected {
+        assert!(topic["id"].as_str().unwrap().ends_with(".observations"));
+        assert_eq!(
+            topic["missingPermissions"][0],
+            genesys_sim::PERM_QUEUE_OBSERVATION,
+            "{topic}"
+        );
+    }
+    wait_until(
+        "the rejected topics are counted",
+        Duration::from_secs(10),
+        || bridge.metric("genesys_bridge_topics_rejected") == 5.0,
+    );
+    assert!(bridge
+        .logs()
+        .iter()
+        .any(|l| l.contains("Genesys rejected a topic")
+            && l.contains(genesys_sim::PERM_QUEUE_OBSERVATION)));
+    wait_until(
+        "conversations keep streaming",
+        Duration::from_secs(30),
+        || bridge.metric("genesys_bridge_events_produced_total") > 10.0,
+    );
+}
