@@ -28,21 +28,20 @@ fn live_connected(sim: &genesys_sim::SimHandle) -> Vec<String> {
 
 #[test]
 fn a_silent_socket_is_replaced_within_dead_after_plus_one_backoff_step() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        rate_per_sec: 4.0,
-        heartbeat_interval: Duration::from_secs(30),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), FAST),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            rate_per_sec: 4.0,
+            heartbeat_interval: Duration::from_secs(30),
+            ..SimConfig::default()
+        },
+        1,
+        FAST,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     let before = live_connected(&sim);
     assert_eq!(before.len(), 1);
     let silenced_at = Instant::now();
@@ -72,21 +71,20 @@ fn a_silent_socket_is_replaced_within_dead_after_plus_one_backoff_step() {
 
 #[test]
 fn a_stalled_kafka_does_not_delay_socket_reading() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        rate_per_sec: 6.0,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), FAST),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            rate_per_sec: 6.0,
+            heartbeat_interval: Duration::from_secs(1),
+            ..SimConfig::default()
+        },
+        1,
+        FAST,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     wait_until("events reach Kafka", Duration::from_secs(30), || {
         bridge.metric("genesys_bridge_events_produced_total") > 20.0
     });
@@ -192,20 +190,19 @@ fn bad_credentials_keep_the_process_live_but_not_ready_and_never_log_the_secret(
 
 #[test]
 fn malformed_frames_are_dead_lettered_and_streaming_goes_on() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        rate_per_sec: 4.0,
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), FAST),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            rate_per_sec: 4.0,
+            ..SimConfig::default()
+        },
+        1,
+        FAST,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     for kind in [
         MalformedKind::InvalidJson,
         MalformedKind::Binary,

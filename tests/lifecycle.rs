@@ -133,6 +133,22 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
     );
 
     sim.faults().silence(Target::All, None);
+    let topics = ["user-conversations", "queue-conversations"];
+    let unique_sent = || {
+        sim.ledger()
+            .into_iter()
+            .filter(|e| e.kind == FrameKind::Event)
+            .map(|e| e.frame.to_string())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    // Read the ledger again once Kafka caught up: a frame handed over as the silence began
+    // enters the ledger just after it.
+    wait_until(
+        "every sent event is in Kafka",
+        Duration::from_secs(60),
+        || consume_all(&kafka.brokers(), &topics).len() >= unique_sent(),
+    );
     let sent: Vec<_> = sim
         .ledger()
         .into_iter()
@@ -147,12 +163,6 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
         "{} events sent, {} of them on two channels at once",
         sent.len(),
         overlapping
-    );
-    let topics = ["user-conversations", "queue-conversations"];
-    wait_until(
-        "every sent event is in Kafka",
-        Duration::from_secs(60),
-        || consume_all(&kafka.brokers(), &topics).len() >= unique.len(),
     );
     let landed = consume_all(&kafka.brokers(), &topics);
     let mut in_kafka: HashMap<&str, usize> = HashMap::new();
@@ -287,21 +297,20 @@ fn unplanned_losses_leave_gap_records_that_cover_exactly_what_was_missed() {
 
 #[test]
 fn rate_limited_rest_calls_wait_as_told_then_recover() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        rate_per_sec: 2.0,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka: _kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            rate_per_sec: 2.0,
+            heartbeat_interval: Duration::from_secs(1),
+            ..SimConfig::default()
+        },
+        1,
+        EXTRA,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     let storm = Duration::from_secs(20);
     let retry_after = 2;
     sim.faults().rest(genesys_sim::RestFault {
@@ -408,21 +417,20 @@ impl Drop for StopOnDrop<'_> {
 
 #[test]
 fn no_longer_subscribed_moves_the_shard_to_a_new_subscribed_channel() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        rate_per_sec: 4.0,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka: _kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            rate_per_sec: 4.0,
+            heartbeat_interval: Duration::from_secs(1),
+            ..SimConfig::default()
+        },
+        1,
+        EXTRA,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     let old = sim.faults().no_longer_subscribed(Target::All);
     assert_eq!(old.len(), 1);
     wait_until(

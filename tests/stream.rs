@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use genesys_sim::{FrameKind, SimConfig, Simulator, Target};
+use genesys_sim::{FrameKind, SimConfig, Target};
 use support::*;
 
 const TEMPLATES: &str = r#"
@@ -23,39 +23,42 @@ dead_after = "3s"
 
 #[test]
 fn every_event_arrives_once_with_key_headers_and_order() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 3);
-    let sim = Simulator::start(SimConfig {
-        queues: 5,
-        agents: 20,
-        rate_per_sec: 8.0,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), TEMPLATES),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            queues: 5,
+            agents: 20,
+            rate_per_sec: 8.0,
+            heartbeat_interval: Duration::from_secs(1),
+            ..SimConfig::default()
+        },
+        3,
+        TEMPLATES,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     wait_until("400 events sent", Duration::from_secs(90), || {
         sim.ledger_count(|e| e.kind == FrameKind::Event) >= 400
     });
-    // Quiesce: the simulator sends nothing more; then everything it sent must land.
+    // Quiesce: the simulator sends nothing more; then everything it sent must land. A frame
+    // being handed to the socket as the silence began enters the ledger just after it, so the
+    // ledger is read again once Kafka caught up with it.
     sim.faults().silence(Target::All, None);
-    let sent: Vec<_> = sim
-        .ledger()
-        .into_iter()
-        .filter(|e| e.kind == FrameKind::Event)
-        .collect();
     let topics = ["user-conversations", "queue-conversations", "events"];
+    let events = || -> Vec<_> {
+        sim.ledger()
+            .into_iter()
+            .filter(|e| e.kind == FrameKind::Event)
+            .collect()
+    };
     wait_until(
         "every sent event is in Kafka",
         Duration::from_secs(60),
-        || consume_all(&kafka.brokers(), &topics).len() >= sent.len(),
+        || consume_all(&kafka.brokers(), &topics).len() >= events().len(),
     );
+    let sent = events();
     let landed = consume_all(&kafka.brokers(), &topics);
 
     // Exactly once.

@@ -21,21 +21,20 @@ restart_backoff = { min = "50ms", max = "1s", jitter = 0.0 }
 
 #[test]
 fn each_actor_is_restarted_after_a_panic_and_the_stream_goes_on() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        rate_per_sec: 6.0,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), EXTRA),
-        &[],
+    let Scenario {
+        bridge,
+        sim,
+        kafka: _kafka,
+        dir: _dir,
+    } = Scenario::start(
+        SimConfig {
+            rate_per_sec: 6.0,
+            heartbeat_interval: Duration::from_secs(1),
+            ..SimConfig::default()
+        },
+        1,
+        EXTRA,
     );
-    bridge.wait_ready(Duration::from_secs(30));
     for actor in ["socket-0", "heartbeat", "token", "producer"] {
         let produced_before = bridge.metric("genesys_bridge_events_produced_total");
         assert_eq!(

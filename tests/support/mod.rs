@@ -251,6 +251,34 @@ fault_injection = true
     )
 }
 
+/// A broker with the test topics, the simulator, and the bridge streaming from one into the
+/// other (ready). Fields drop bridge first.
+pub struct Scenario {
+    pub bridge: Bridge,
+    pub sim: genesys_sim::SimHandle,
+    pub kafka: Tansu,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    /// `extra` is appended to [`test_config`].
+    pub fn start(sim: genesys_sim::SimConfig, partitions: u32, extra: &str) -> Scenario {
+        let kafka = Tansu::start();
+        kafka.create_topics(&TEST_TOPICS, partitions);
+        let sim = genesys_sim::Simulator::start(sim).expect("simulator starts");
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(&sim.base_url(), &kafka.brokers(), extra);
+        let bridge = Bridge::start(dir.path(), &config, &[]);
+        bridge.wait_ready(Duration::from_secs(30));
+        Scenario {
+            bridge,
+            sim,
+            kafka,
+            dir,
+        }
+    }
+}
+
 /// The Kafka topics [`test_config`] routes to.
 pub const TEST_TOPICS: [&str; 5] = [
     "events",
