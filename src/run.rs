@@ -59,6 +59,14 @@ pub fn run_bridge(
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested");
+            // The graceful path is bounded by the deadline; should anything in it hang, this
+            // ends the process anyway (what is not flushed stays in the spool).
+            let hard_limit = shutdown_deadline + std::time::Duration::from_secs(5);
+            std::thread::spawn(move || {
+                std::thread::sleep(hard_limit);
+                tracing::error!(?hard_limit, "shutdown exceeded its deadline; exiting now");
+                std::process::exit(1);
+            });
             // Unflushed records stay in the spool for the next start: still a clean exit.
             signal_running.shutdown(shutdown_deadline).await;
             System::current().stop_with_code(0);
