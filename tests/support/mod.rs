@@ -80,6 +80,7 @@ impl Bridge {
         for (key, value) in env {
             command.env(key, value);
         }
+        die_with_parent(&mut command);
         let mut child = command.spawn().expect("bridge binary starts");
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -198,6 +199,19 @@ impl Drop for Bridge {
             }
         }
         self.kill();
+    }
+}
+
+/// A child process killed by the test runner's timeout must not outlive it: the kernel
+/// SIGKILLs the child when the test process dies.
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and only changes this child's own death signal.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
