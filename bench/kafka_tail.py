@@ -1,11 +1,16 @@
 """Consumer-receipt clock: reads topics from the beginning while a workload runs and writes,
 for every record: `receipt_ms <TAB> record timestamp_ms <TAB> topic:partition:offset <TAB>
-CorrelationId` (or `-` when the value has none).
+CorrelationId <TAB> received-at-ms header` (`-` when the value has no CorrelationId or the record
+no such header; the bridge stamps `received-at-ms` when it read the frame off the socket).
 
-  kafka_tail.py --brokers H:P --out FILE TOPIC...
+  kafka_tail.py --brokers H:P --out FILE [--lazy] TOPIC...
 
 A record's receipt time is when poll() handed it over (records already fetched with it share
 that time). Stops on SIGTERM, after writing what it has.
+
+--lazy keeps the records in memory and writes the lines only when stopped (per batch it just
+appends the batch to a list and rewrites FILE.count with `records <TAB> last receipt_ms`), so
+that at 100,000+ records/s the consumer keeps up and takes little CPU from the client under test.
 """
 
 import argparse
@@ -29,6 +34,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--lazy", action="store_true")
     ap.add_argument("topics", nargs="+")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, on_term)
@@ -37,7 +43,7 @@ def main() -> int:
         "bootstrap.servers": args.brokers,
         "group.id": "bench-tail",
         "enable.auto.commit": False,
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": 5,
         "fetch.min.bytes": 1,
         "log_level": 3,
     })
@@ -49,21 +55,39 @@ def main() -> int:
     out = open(args.out, "w")
     print("ready", flush=True)
     search = CORRELATION_RE.search
-    while not stop:
-        first = c.poll(0.1)  # returns as soon as one record is there
-        if first is None:
-            continue
-        t = time.time() * 1000.0
-        batch = [first] + c.consume(num_messages=10000, timeout=0)  # what was fetched with it
+
+    def lines_of(t, batch):
         lines = []
         for m in batch:
             if m.error():
                 continue
             mt = search(m.value() or b"")
             cid = mt.group(1).decode() if mt else "-"
-            lines.append(f"{t:.3f}\t{m.timestamp()[1]}\t{m.topic()}:{m.partition()}:{m.offset()}\t{cid}\n")
-        out.write("".join(lines))
-        out.flush()
+            received = "-"
+            for key, value in m.headers() or ():
+                if key == "received-at-ms" and value:
+                    received = value.decode()
+            lines.append(f"{t:.3f}\t{m.timestamp()[1]}\t{m.topic()}:{m.partition()}:{m.offset()}\t{cid}\t{received}\n")
+        return "".join(lines)
+
+    kept = []
+    count = 0
+    while not stop:
+        first = c.poll(0.1)  # returns as soon as one record is there
+        if first is None:
+            continue
+        t = time.time() * 1000.0
+        batch = [first] + c.consume(num_messages=100000, timeout=0)  # what was fetched with it
+        if args.lazy:
+            kept.append((t, batch))
+            count += len(batch)
+            with open(args.out + ".count", "w") as f:
+                f.write(f"{count}\t{t:.3f}\n")
+        else:
+            out.write(lines_of(t, batch))
+            out.flush()
+    for t, batch in kept:
+        out.write(lines_of(t, batch))
     out.close()
     c.close()
     return 0

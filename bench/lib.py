@@ -386,6 +386,16 @@ class Sim:
             raise BenchError(f"ledger: {status}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
+    def missed_events(self) -> list[dict] | None:
+        """The simulator's missed log (events a live subscribed channel could not be handed);
+        None when this simulator has no such endpoint."""
+        status, body = http("GET", f"{self.base_url}/sim/missed?format=jsonl", timeout=300)
+        if status == 404:
+            return None
+        if status != 200:
+            raise BenchError(f"missed log: {status}")
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
     def ledger_total(self) -> int:
         return int(self.get_json("/sim/info")["ledgerTotal"])
 
@@ -412,25 +422,36 @@ class Tail:
     incrementally; records are deduplicated by (topic, partition, offset), so a consumer that
     re-reads after a broker restart does not invent duplicates."""
 
-    def __init__(self, workdir: Path, brokers: str, topics: list[str], name: str = "tail"):
+    def __init__(self, workdir: Path, brokers: str, topics: list[str], name: str = "tail", lazy: bool = False):
         import sys as _sys
 
         self.out = workdir / f"{name}.tsv"
+        self.lazy = lazy
         log_path = workdir / f"{name}.log"
         self.proc = Proc(name, [_sys.executable, BENCH / "kafka_tail.py", "--brokers", brokers,
-                                "--out", self.out, *topics], log_path)
+                                "--out", self.out, *(["--lazy"] if lazy else []), *topics], log_path)
         wait_until(f"{name} consumer ready", 30,
                    lambda: self.proc.alive() and log_path.exists() and "ready" in log_path.read_text())
         self._pos = 0
         self._buf = b""
         self.offsets: set = set()
         self.counts: dict[str, int] = {}
-        self.first: dict[str, tuple[float, int]] = {}  # cid -> (receipt ms, record timestamp ms)
+        # cid -> (receipt ms, record timestamp ms, received-at-ms header or None)
+        self.first: dict[str, tuple[float, int, float | None]] = {}
         self.records = 0
         self.with_cid = 0
         self.last_receipt_ms: float | None = None
 
+    def lazy_count(self) -> int:
+        """Records received so far by a lazy tail (its lines are written only when it stops)."""
+        try:
+            return int(Path(str(self.out) + ".count").read_text().split("\t")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
     def poll(self):
+        if self.lazy and self.proc.alive():
+            return
         try:
             with open(self.out, "rb") as f:
                 f.seek(self._pos)
@@ -442,7 +463,7 @@ class Tail:
         lines = data.split(b"\n")
         self._buf = lines.pop()
         for line in lines:
-            t, ts, where, cid = line.decode().split("\t")
+            t, ts, where, cid, received = line.decode().split("\t")
             if where in self.offsets:
                 continue
             self.offsets.add(where)
@@ -453,7 +474,7 @@ class Tail:
                 self.with_cid += 1
                 self.counts[cid] = self.counts.get(cid, 0) + 1
                 if cid not in self.first:
-                    self.first[cid] = (receipt, int(ts))
+                    self.first[cid] = (receipt, int(ts), None if received == "-" else float(received))
 
     def wait(self, done, stall_s: float, max_s: float, proc=None) -> bool:
         """Polls until done(self) holds (True), or nothing new arrived for stall_s, or max_s
@@ -464,8 +485,9 @@ class Tail:
             self.poll()
             if done(self):
                 return True
-            if self.records != last:
-                last, since = self.records, time.monotonic()
+            seen = self.lazy_count() if self.lazy else self.records
+            if seen != last:
+                last, since = seen, time.monotonic()
             elif time.monotonic() - since >= stall_s:
                 return False
             elif proc is not None and not proc.alive() and time.monotonic() - since >= 1:
@@ -475,7 +497,7 @@ class Tail:
 
     def stop(self):
         time.sleep(0.3)
-        self.proc.stop(timeout=10)
+        self.proc.stop(timeout=60)
         self.poll()
 
 

@@ -70,31 +70,29 @@ PROFILES = {
     "full": {
         "bins": "release",
         "queues": 50, "agents": 200,           # the sim README's example org: 250 topics subscribed
-        "burst_events": 100_000, "burst_max_s": 240, "burst_stall_s": 20,
+        "burst_events": 50_000, "burst_warmup_events": 1_000, "burst_max_s": 240, "burst_stall_s": 20,
         "steady_rate": 20, "steady_s": 60,     # conversations/s (the sim README's example rate)
-        "high_rate": None, "high_s": 30, "high_drain_s": 20,  # high_rate filled in below
+        # ~10,000 events/s: the burst fault paced by the harness (500 events every 50 ms)
+        "high_events_per_s": 10_000, "high_chunk": 500, "high_s": 30, "high_drain_s": 20,
         "fault_rate": 20, "fault_warmup_s": 10,
         "faults": ["kafka_down", "socket_closing", "drop_socket", "silence"],
         "kafka_down_s": 30, "closing_grace_s": 10,
-        "after_s": {"kafka_down": 30, "socket_closing": 30, "drop_socket": 20, "silence": 100},
-        "drain_stall_s": 15, "drain_max_s": 90, "warmup_s": 2,
+        "after_s": {"kafka_down": 20, "socket_closing": 30, "drop_socket": 20, "silence": 100},
+        "drain_stall_s": 15, "drain_max_s": 90, "warmup_s": 2, "quiet_s": 2,
     },
     "smoke": {
         "bins": "debug",
         "queues": 5, "agents": 20,
-        "burst_events": 3_000, "burst_max_s": 30, "burst_stall_s": 8,
+        "burst_events": 3_000, "burst_warmup_events": 300, "burst_max_s": 30, "burst_stall_s": 8,
         "steady_rate": 20, "steady_s": 4,
-        "high_rate": None, "high_s": 0, "high_drain_s": 0,  # skipped
-        "fault_rate": 20, "fault_warmup_s": 3,
+        "high_events_per_s": 0, "high_chunk": 500, "high_s": 0, "high_drain_s": 0,  # skipped
+        "fault_rate": 20, "fault_warmup_s": 2,
         "faults": ["drop_socket"],
         "kafka_down_s": 5, "closing_grace_s": 2,
-        "after_s": {"kafka_down": 8, "socket_closing": 8, "drop_socket": 8, "silence": 10},
-        "drain_stall_s": 5, "drain_max_s": 20, "warmup_s": 1,
+        "after_s": {"kafka_down": 8, "socket_closing": 8, "drop_socket": 7, "silence": 10},
+        "drain_stall_s": 5, "drain_max_s": 20, "warmup_s": 1, "quiet_s": 0,
     },
 }
-# Conversations/s that make the simulator hand out about 10,000 events/s on the full org's
-# 250 topics (measured here: ~14.5 events per conversation).
-HIGH_RATE_CONVERSATIONS = 700
 
 BRIDGE_CLIENT = ("sim-client", "sim-secret")
 NODE_CLIENT = ("node-client", "node-secret")
@@ -158,8 +156,9 @@ level = "info"
     def ready(self, sim: Sim) -> bool:
         if not self.proc.alive():
             raise BenchError(f"bridge exited with {self.proc.exit_code()}:\n{self.proc.tail()}")
-        status, _ = lib.http("GET", f"http://{self.http}/readyz", timeout=5) if lib.listening(
-            int(self.http.rsplit(':', 1)[1])) else (0, b"")
+        if not lib.listening(int(self.http.rsplit(":", 1)[1])):
+            return False
+        status, _ = lib.http("GET", f"http://{self.http}/readyz", timeout=5)
         return status == 200 and bool(sim.connected_channels(self.client_id))
 
 
@@ -211,13 +210,17 @@ class Harness:
     def __init__(self, args):
         self.args = args
         self.profile = dict(PROFILES[args.profile])
-        if args.profile == "full" and self.profile["high_rate"] is None:
-            self.profile["high_rate"] = HIGH_RATE_CONVERSATIONS
+        for item in args.set:
+            key, value = item.split("=", 1)
+            if key not in self.profile:
+                raise BenchError(f"--set {key}: no such profile value ({', '.join(sorted(self.profile))})")
+            self.profile[key] = json.loads(value)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{args.profile}-"))
         self.results: dict = {"workloads": {}, "checks": [], "errors": []}
         default_bins = "release" if self.profile["bins"] == "release" else "debug"
-        self.bridge_bin = os.environ.get("BRIDGE_BIN") or str(ROOT / "target" / default_bins / "genesys-kafka-bridge")
-        self.sim_bin = os.environ.get("SIM_BIN") or str(ROOT / "target" / default_bins / "genesys-sim")
+        self.bridge_bin = os.path.abspath(os.environ.get("BRIDGE_BIN") or
+                                          ROOT / "target" / default_bins / "genesys-kafka-bridge")
+        self.sim_bin = os.path.abspath(os.environ.get("SIM_BIN") or ROOT / "target" / default_bins / "genesys-sim")
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -302,15 +305,25 @@ class Harness:
                 d, tansu, sim = self.env_for("burst", kind, "memory", 0)
                 client = self.start_client(kind, d, sim, tansu, sim.topics())
                 channel = sim.connected_channels(client.client_id)[0]
-                tail = lib.Tail(d, tansu.brokers, client.kafka_topics)
+                tail = lib.Tail(d, tansu.brokers, client.kafka_topics, lazy=True)
+                # Warm-up: a small burst first, so that connections, metadata and the producer
+                # id are established as in a bridge that has been streaming (every leg gets it).
+                warm = p["burst_warmup_events"]
+                sim.fault({"fault": "burst", "target": channel, "count": warm})
+                if not tail.wait(lambda t: t.lazy_count() >= warm, p["burst_stall_s"], 60, client.proc):
+                    raise BenchError(f"the warm-up burst did not land ({tail.lazy_count()}/{warm})")
+                time.sleep(1.0)
+                base, seq0 = tail.lazy_count(), sim.ledger_total()
                 sampler = Sampler(client.proc.pid)
                 sampler.start()
                 cpu0 = proc_stat(client.proc.pid).cpu_s
                 t_inject = now_ms()
                 sim.fault({"fault": "burst", "target": channel, "count": n})
-                complete = tail.wait(lambda t: t.with_cid >= n, p["burst_stall_s"], p["burst_max_s"], client.proc)
+                complete = tail.wait(lambda t: t.lazy_count() >= base + n, p["burst_stall_s"], p["burst_max_s"],
+                                     client.proc)
+                time.sleep(0.7)  # a heartbeat record may have been counted: let the last events land
                 res = resources(sampler, cpu0, 0)
-                ledger = ledger_of(sim, client.client_id)
+                ledger = [e for e in ledger_of(sim, client.client_id) if e["seq"] >= seq0]
                 tail.stop()
                 if kind == "bridge":
                     frames.extend(ledger)
@@ -323,9 +336,9 @@ class Harness:
                 raise BenchError("no burst frames to replay (the bridge leg recorded none)")
             d, tansu, _ = self.env_for("burst", "raw", "memory", 0, with_sim=False)
             payloads = write_payloads(d / "payloads.tsv", frames, paced=False)
-            tail = lib.Tail(d, tansu.brokers, RAW_TOPICS)
+            tail = lib.Tail(d, tansu.brokers, RAW_TOPICS, lazy=True)
             stats = run_raw(d, tansu.brokers, "burst", p["burst_max_s"])
-            complete = tail.wait(lambda t: t.with_cid >= len(payloads), 10, 60)
+            complete = tail.wait(lambda t: t.lazy_count() >= len(payloads), 10, 60)
             tail.stop()
             ledger = [{"correlationId": c, "sentAtMs": stats["t0_ms"]} for c in payloads]
             acc = account(ledger, tail)
@@ -350,7 +363,10 @@ class Harness:
 
     # -- workloads 2 and 3: steady rate (latency) and ~10k events/s (memory, CPU) -------------
 
-    def steady(self, workload: str, rate: float, seconds: float, drain_max_s: float | None):
+    def steady(self, workload: str, traffic: dict, seconds: float, drain_max_s: float | None):
+        """Traffic for `seconds`: {"rate": conversations/s} runs the simulator's conversation
+        model; {"bursts": events/s, "chunk": n} has the harness inject a burst of n pre-built
+        events every n/events_per_s seconds."""
         p = self.profile
         warmup_ms = p["warmup_s"] * 1000.0
         drain_max = drain_max_s if drain_max_s is not None else p["drain_max_s"]
@@ -364,10 +380,17 @@ class Harness:
                 sampler = Sampler(client.proc.pid)
                 sampler.start()
                 cpu0 = proc_stat(client.proc.pid).cpu_s
-                sim.set_rate(rate)
-                time.sleep(seconds)
-                sim.set_rate(0)
-                wait_quiet(sim)
+                if "rate" in traffic:
+                    sim.set_rate(traffic["rate"])
+                    time.sleep(seconds)
+                    sim.set_rate(0)
+                    wait_quiet(sim, p["quiet_s"])
+                else:
+                    channel = sim.connected_channels(client.client_id)[0]
+                    misses = pace_bursts(sim, channel, traffic["bursts"], traffic["chunk"], seconds)
+                    if misses:
+                        log(f"{workload}/{kind}: {misses} bursts refused (no socket)")
+                    time.sleep(0.5)
                 ledger = ledger_of(sim, client.client_id)
                 if kind == "bridge":
                     frames.extend(ledger)
@@ -453,9 +476,16 @@ class Harness:
         time.sleep(p["after_s"][fault])
         sim.set_rate(0)
         t_stop = now_ms()
-        wait_quiet(sim)
+        wait_quiet(sim, p["quiet_s"])
         ledger_all = sim.ledger_events()
+        missed_all = sim.missed_events()
         out = {"fault": fault, "fault_at_ms": t_fault, "traffic_stopped_ms": t_stop}
+        # Both clients subscribe to the same topics, and the simulator gives every channel the
+        # byte-identical frame (same CorrelationId) of one event: what one client was handed and
+        # the other was not, the other missed while it had no (live) socket.
+        handed = {kind: {e["correlationId"] for e in ledger_of(sim, c.client_id, ledger_all)}
+                  for kind, c in clients.items()}
+        union = set().union(*handed.values())
         for kind, client in clients.items():
             ledger = ledger_of(sim, client.client_id, ledger_all)
             tail = tails[kind]
@@ -467,6 +497,14 @@ class Harness:
             window = [t_fault - 1000] + [t for t in sent if t_fault - 1000 <= t <= t_stop] + [t_stop]
             gap = max((b - a for a, b in zip(window, window[1:])), default=0.0)
             chans = sim.channels(client.client_id)
+            sim_missed = None
+            if missed_all is not None:
+                own = {ch["id"] for ch in chans}
+                sim_missed = {}
+                for m in missed_all:
+                    if m["channelId"] in own:
+                        sim_missed.setdefault(m["reason"], set()).add(m.get("correlationId"))
+                sim_missed = {reason: len(cids) for reason, cids in sim_missed.items()}
             gap_records = None
             if kind == "bridge":
                 gap_records = sum(1 for v in lib.read_all(tansu.brokers, [BRIDGE_TOPICS[1]]) if b'"gap"' in v)
@@ -477,6 +515,10 @@ class Harness:
                 "duplicated": acc.duplicated,
                 "other_records": acc.other_records,
                 "after_fault": sum(1 for t in sent if t > t_fault),
+                "not_handed": len(union - handed[kind]),
+                "sim_missed": sim_missed,
+                "max_latency_s": max((tail.first[e["correlationId"]][0] - e["sentAtMs"] for e in ledger
+                                      if e.get("correlationId") in tail.first), default=float("nan")) / 1000.0,
                 "longest_gap_s": gap / 1000.0,
                 "channels": len(chans),
                 "connections": sum(ch.get("connections", 0) for ch in chans),
@@ -508,9 +550,10 @@ class Harness:
         if not only or "burst" in only:
             self.burst()
         if not only or "steady" in only:
-            self.steady("steady", p["steady_rate"], p["steady_s"], None)
-        if p["high_rate"] and p["high_s"] and (not only or "high" in only):
-            self.steady("high", p["high_rate"], p["high_s"], p["high_drain_s"])
+            self.steady("steady", {"rate": p["steady_rate"]}, p["steady_s"], None)
+        if p["high_events_per_s"] and p["high_s"] and (not only or "high" in only):
+            self.steady("high", {"bursts": p["high_events_per_s"], "chunk": p["high_chunk"]}, p["high_s"],
+                        p["high_drain_s"])
         if not only or "faults" in only:
             self.faults()
         self.results["wall_s"] = time.monotonic() - t0
@@ -518,16 +561,19 @@ class Harness:
         ok = all(c["ok"] for c in self.results["checks"]) and not self.results["errors"]
         self.results["ok"] = ok
         out = Path(self.args.results) if self.args.results else (
-            BENCH / "RESULTS.md" if self.args.profile == "full" and not only else
+            BENCH / "RESULTS.md" if self.args.profile == "full" and not only and not self.args.set else
             Path(tempfile.mkstemp(prefix=f"bench-{self.args.profile}-", suffix=".md")[1]))
         import report
         (self.workdir / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
         out.write_text(report.render(self.results, p))
-        log(f"results: {out}  ({self.results['wall_s']:.0f} s); raw numbers: {self.workdir / 'results.json'}")
+        keep = not (self.args.profile == "smoke" and ok and not self.args.keep)
+        log(f"results: {out}  ({self.results['wall_s']:.0f} s)" +
+            (f"; raw numbers and logs: {self.workdir}" if keep else ""))
         failed = [c for c in self.results["checks"] if not c["ok"]]
         for c in failed:
             log(f"FAILED: {c['name']}: {c['detail']}")
-        if self.args.profile == "smoke" and ok and not self.args.keep:
+        print(f"checks: {len(self.results['checks']) - len(failed)} passed, {len(failed)} failed", flush=True)
+        if not keep:
             subprocess.run(["rm", "-rf", str(self.workdir)])
         return 0 if ok else 1
 
@@ -587,6 +633,22 @@ def run_raw(d: Path, brokers: str, mode: str, timeout: float) -> dict:
     return json.loads(stats_path.read_text())
 
 
+def pace_bursts(sim: Sim, channel: str, events_per_s: float, chunk: int, seconds: float) -> int:
+    """Injects `chunk` burst events every chunk/events_per_s s for `seconds` (absolute schedule,
+    no drift). Returns how many injections the simulator refused."""
+    interval = chunk / events_per_s
+    start = time.monotonic()
+    misses = 0
+    for i in range(int(seconds / interval)):
+        delay = start + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        status, _ = lib.http("POST", sim.base_url + "/sim/faults",
+                             {"fault": "burst", "target": channel, "count": chunk})
+        misses += status != 200
+    return misses
+
+
 def all_landed(ledger: list[dict]):
     cids = {e["correlationId"] for e in ledger if e.get("correlationId")}
 
@@ -595,9 +657,12 @@ def all_landed(ledger: list[dict]):
     return done
 
 
-def wait_quiet(sim: Sim, quiet_s: float = 2.0, max_s: float = 60.0):
+def wait_quiet(sim: Sim, quiet_s: float, max_s: float = 60.0):
     """After arrivals are paused, conversations already running still produce events: wait until
-    the ledger stops growing."""
+    the ledger stops growing for quiet_s (0: do not wait; the ledger snapshot taken right away is
+    what gets accounted, later events count as neither landed nor lost)."""
+    if quiet_s <= 0:
+        return
     deadline = time.monotonic() + max_s
     last, since = sim.ledger_total(), time.monotonic()
     while time.monotonic() < deadline:
@@ -637,12 +702,15 @@ def burst_result(n: int, ledger: list[dict], tail, acc, res: dict, t_inject: flo
 def latency_result(ledger, tail, acc, res: dict, drained: bool, alive: bool, warmup_ms: float) -> dict:
     times = [e["sentAtMs"] for e in ledger]
     start = min(times) if times else 0.0
-    lat, ts_lat = [], []
+    lat, ts_lat, to_read, inside = [], [], [], []
     for e in ledger:
         got = tail.first.get(e.get("correlationId"))
         if got and e["sentAtMs"] >= start + warmup_ms:
             lat.append(got[0] - e["sentAtMs"])
             ts_lat.append(got[1] - e["sentAtMs"])
+            if got[2] is not None:  # the bridge's received-at-ms header
+                to_read.append(got[2] - e["sentAtMs"])
+                inside.append(got[0] - got[2])
     span = (max(times) - start) / 1000.0 if times else 0.0
     out = {
         "ledger_events": acc.ledger_events,
@@ -658,6 +726,11 @@ def latency_result(ledger, tail, acc, res: dict, drained: bool, alive: bool, war
         "max_ms": max(lat) if lat else float("nan"),
         "ts_p50_ms": percentile(ts_lat, 50),
         "ts_p99_ms": percentile(ts_lat, 99),
+        "read_p50_ms": percentile(to_read, 50) if to_read else None,
+        "read_p99_ms": percentile(to_read, 99) if to_read else None,
+        "inside_p50_ms": percentile(inside, 50) if inside else None,
+        "inside_p99_ms": percentile(inside, 99) if inside else None,
+        "inside_p999_ms": percentile(inside, 99.9) if inside else None,
         "drained": drained,
         "alive_at_end": alive,
         **res,
@@ -707,7 +780,7 @@ def versions(bridge_bin: str, sim_bin: str) -> dict:
         "node": out(["node", "--version"]),
         "kafkajs": lock["node_modules/kafkajs"]["version"],
         "ws": lock["node_modules/ws"]["version"],
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0],
         "python": platform.python_version(),
     }
@@ -720,6 +793,9 @@ def main() -> int:
                                       "full run, a temp file otherwise)")
     ap.add_argument("--only", help="comma-separated subset: burst,steady,high,faults (never writes RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, spool, data)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a profile value (JSON), e.g. --set burst_events=20000; for experiments: "
+                         "never writes RESULTS.md")
     args = ap.parse_args()
 
     def cleanup(*_):
