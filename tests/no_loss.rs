@@ -348,6 +348,21 @@ fn a_record_too_large_for_kafka_is_dead_lettered_and_the_stream_goes_on() {
         Duration::from_secs(30),
         || bridge.metric("genesys_bridge_dead_letters_total{reason=\"file\"}") >= 1.0,
     );
+    // The dead-letter topic gets the frame's first KiB and where the whole of it is.
+    wait_until(
+        "the dead-letter topic names it",
+        Duration::from_secs(30),
+        || {
+            consume_all(&kafka.brokers(), &["deadletter"])
+                .iter()
+                .any(|r| {
+                    r.header("truncated-from-bytes")
+                        .is_some_and(|n| n.parse::<usize>().unwrap() >= 50_000)
+                        && r.header("dead-letter-file").is_some()
+                        && r.value.len() == 1024
+                })
+        },
+    );
     let file = std::fs::read_to_string(dir.path().join("spool/dead-letters.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(file.lines().next().unwrap()).unwrap();
     assert!(

@@ -427,6 +427,26 @@ impl Pump {
                 key: "routed-topic",
                 value: Some(routed_topic),
             });
+        if reason.to_lowercase().contains("size too large") {
+            // The dead-letter topic has the same size limit: the whole frame goes to the
+            // dead-letter file, and the topic gets its first KiB with a pointer to the file.
+            self.producer
+                .context()
+                .write_dead_letter_file(entry, routed_topic, reason);
+            let original = entry.record.payload.len().to_string();
+            let file = self.settings.dead_letter_file.display().to_string();
+            let headers = headers
+                .insert(Header {
+                    key: "truncated-from-bytes",
+                    value: Some(original.as_str()),
+                })
+                .insert(Header {
+                    key: "dead-letter-file",
+                    value: Some(file.as_str()),
+                });
+            let head = &entry.record.payload[..entry.record.payload.len().min(1024)];
+            return self.send_payload(entry, &topic, None, headers, Some(reason.to_string()), head);
+        }
         self.send(entry, &topic, None, headers, Some(reason.to_string()))
     }
 
