@@ -173,20 +173,20 @@ def render(results: dict, profile: dict) -> str:
         f"{profile.get('fault_warmup_s')} s of traffic the fault hits both; traffic goes on "
         "for the time given, then arrivals pause and each client gets up to "
         f"{profile.get('drain_max_s')} s (stopping after {profile.get('drain_stall_s')} s without progress) "
-        "to land what it has. *lost* = events the simulator handed to the client's sockets (ledger, "
-        "`kind=event`) that never reached Kafka; *duplicated* = extra copies. The ledger holds only "
-        "frames handed to a socket: events the simulator could not deliver (no socket, silenced) are "
-        "not in it, so a silent socket shows as a *gap*, not as loss. *longest gap* = longest time without "
-        "any event handed to the client between 1 s before the fault and the end of traffic. Both "
-        "clients subscribe to the same topics and the simulator hands every subscribed channel the same "
-        "frame (same CorrelationId), so *missed while disconnected* = events the other client was "
-        "handed and this one never was (Genesys keeps nothing for a socket that is not there). *max "
-        "latency* = the longest time from the simulator sending an event to the measuring consumer "
-        "receiving it (how long a backlog took to catch up). The notes quote the simulator's missed log "
-        "(`/sim/missed`: events a *live* subscribed channel could not be handed, by reason; a channel "
-        "that died, e.g. after `socket_closing`, is not in it).",
+        "to land what it has. *Lost* = events the simulator handed to the client's sockets (the ledger, "
+        "`GET /sim/ledger?format=jsonl&kind=event`) that never reached Kafka; *duplicated* = extra "
+        "copies. Events the simulator could not hand over are not in the ledger (Genesys keeps "
+        "nothing for a socket that is not there), so they are counted apart as *never handed*: events "
+        "in the simulator's missed log for the client's live channels (`GET /sim/missed`: no socket, "
+        "silenced, dropped) or handed to the other client (same topics, and the simulator gives every "
+        "subscribed channel the same frame, same CorrelationId: this covers a client with no live "
+        "channel at all, e.g. between a close and its next channel), minus whatever the client got on "
+        "another of its channels. *Longest gap* = longest time without any event handed to the client "
+        "between 1 s before the fault and the end of traffic. *Max latency* = the longest time from "
+        "the simulator sending an event to the measuring consumer receiving it (how long a backlog "
+        "took to catch up).",
         "",
-        "| fault | what | bridge lost / dup (of ledger) | Node lost / dup (of ledger) | bridge / Node missed while disconnected | bridge / Node longest gap (s) | bridge / Node max latency (s) | bridge / Node channels (connections) | notes |",
+        "| fault | what | bridge lost / dup (of ledger) | Node lost / dup (of ledger) | bridge / Node never handed | bridge / Node longest gap (s) | bridge / Node max latency (s) | bridge / Node channels (connections) | notes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     what = {
@@ -208,15 +208,16 @@ def render(results: dict, profile: dict) -> str:
             if not x["drained"] and x["lost"]:
                 notes.append(f"{name} had not landed everything when the drain limit hit")
         for name, x in (("bridge", br), ("Node", nd)):
-            if x.get("sim_missed"):
-                by = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(x["sim_missed"].items()))
-                notes.append(f"simulator's missed log for {name}'s live channels: {by}")
+            if x.get("never_handed"):
+                by = ", ".join(f"{k} {fmt(v)}" for k, v in sorted((x.get("sim_missed") or {}).items()))
+                notes.append(f"{name} never handed: {by + '; ' if by else ''}"
+                             f"{fmt(x.get('only_other_got'))} of them the other client got")
         if br.get("gap_records") is not None:
             notes.append(f"bridge gap records: {br['gap_records']}")
         lines.append(
             f"| {fault} | {what.get(fault, '')} | {fmt(br['lost'])} / {fmt(br['duplicated'])} (of {fmt(br['ledger_events'])}) "
             f"| {fmt(nd['lost'])} / {fmt(nd['duplicated'])} (of {fmt(nd['ledger_events'])}) "
-            f"| {fmt(br.get('not_handed'))} / {fmt(nd.get('not_handed'))} "
+            f"| {fmt(br.get('never_handed'))} / {fmt(nd.get('never_handed'))} "
             f"| {fmt(br['longest_gap_s'])} / {fmt(nd['longest_gap_s'])} "
             f"| {fmt(br.get('max_latency_s'))} / {fmt(nd.get('max_latency_s'))} "
             f"| {br['channels']} ({br['connections']}) / {nd['channels']} ({nd['connections']}) | {'; '.join(notes)} |")
@@ -296,15 +297,15 @@ def targets(w: dict, profile: dict) -> list[str]:
             met = "yes" if not set(node_lost) & set(bridge_lost) else "**no**"
         else:
             met = "not tested: Node lost none of the events it was handed"
-        missed_node = {k: r["node"].get("not_handed") or 0 for k, r in f.items()}
-        missed_bridge = {k: r["bridge"].get("not_handed") or 0 for k, r in f.items()}
+        missed_node = {k: r["node"].get("never_handed") or 0 for k, r in f.items()}
+        missed_bridge = {k: r["bridge"].get("never_handed") or 0 for k, r in f.items()}
         if any(missed_node.values()):
-            measured += (" Counting also the events one client missed while disconnected (handed to the other "
-                         "client, never to it): Node " + ", ".join(f"{k} {fmt(v)}" for k, v in missed_node.items() if v) +
-                         "; the bridge " + (", ".join(f"{k} {fmt(v)}" for k, v in missed_bridge.items() if v) or "none") +
-                         " (the bridge writes a gap record for each such interval).")
+            measured += (" Counting also the events a client was never handed (see section 4): Node "
+                         + ", ".join(f"{k} {fmt(v)}" for k, v in missed_node.items() if v) + "; the bridge "
+                         + (", ".join(f"{k} {fmt(v)}" for k, v in missed_bridge.items() if v) or "none")
+                         + " (the bridge writes a gap record for each interval without a live socket).")
             worse = [k for k, v in missed_node.items() if v and missed_bridge[k]]
-            met += ("; counting missed events: " + ("yes" if not worse else
+            met += ("; counting events never handed: " + ("yes" if not worse else
                     "**no**: the bridge missed " + ", ".join(f"{fmt(missed_bridge[k])} in {k}" for k in worse) +
                     f" (Node {', '.join(fmt(missed_node[k]) for k in worse)})"))
         rows.append(("zero loss in every fault run where Node loses events", measured, met))

@@ -480,12 +480,26 @@ class Harness:
         ledger_all = sim.ledger_events()
         missed_all = sim.missed_events()
         out = {"fault": fault, "fault_at_ms": t_fault, "traffic_stopped_ms": t_stop}
-        # Both clients subscribe to the same topics, and the simulator gives every channel the
-        # byte-identical frame (same CorrelationId) of one event: what one client was handed and
-        # the other was not, the other missed while it had no (live) socket.
+        # Events a client was never handed (on any of its channels): Genesys keeps nothing for a
+        # socket that is not there. Two sources, as the simulator gives every subscribed channel
+        # the byte-identical frame (same CorrelationId) of one event:
+        #  - its missed log: events a *live* subscribed channel of the client could not be handed
+        #    (no socket, silenced, dropped); a channel that died (socket_closing) is not in it;
+        #  - the other client's ledger: what the other client was handed and this one never was
+        #    (covers a client that had no live channel at all, e.g. between a close and a new one).
         handed = {kind: {e["correlationId"] for e in ledger_of(sim, c.client_id, ledger_all)}
                   for kind, c in clients.items()}
         union = set().union(*handed.values())
+        own_channels = {kind: {ch["id"] for ch in sim.channels(c.client_id)} for kind, c in clients.items()}
+        missed_log = {kind: {} for kind in clients}
+        for m in missed_all or []:
+            for kind, own in own_channels.items():
+                if m["channelId"] in own and m.get("correlationId") not in handed[kind]:
+                    missed_log[kind].setdefault(m["reason"], set()).add(m.get("correlationId"))
+        with open(d / "ledger.jsonl", "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in ledger_all)
+        with open(d / "missed.jsonl", "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in missed_all or [])
         for kind, client in clients.items():
             ledger = ledger_of(sim, client.client_id, ledger_all)
             tail = tails[kind]
@@ -497,14 +511,8 @@ class Harness:
             window = [t_fault - 1000] + [t for t in sent if t_fault - 1000 <= t <= t_stop] + [t_stop]
             gap = max((b - a for a, b in zip(window, window[1:])), default=0.0)
             chans = sim.channels(client.client_id)
-            sim_missed = None
-            if missed_all is not None:
-                own = {ch["id"] for ch in chans}
-                sim_missed = {}
-                for m in missed_all:
-                    if m["channelId"] in own:
-                        sim_missed.setdefault(m["reason"], set()).add(m.get("correlationId"))
-                sim_missed = {reason: len(cids) for reason, cids in sim_missed.items()}
+            from_log = set().union(*missed_log[kind].values()) if missed_log[kind] else set()
+            never_handed = (union | from_log) - handed[kind]
             gap_records = None
             if kind == "bridge":
                 gap_records = sum(1 for v in lib.read_all(tansu.brokers, [BRIDGE_TOPICS[1]]) if b'"gap"' in v)
@@ -515,8 +523,10 @@ class Harness:
                 "duplicated": acc.duplicated,
                 "other_records": acc.other_records,
                 "after_fault": sum(1 for t in sent if t > t_fault),
-                "not_handed": len(union - handed[kind]),
-                "sim_missed": sim_missed,
+                "never_handed": len(never_handed),
+                "only_other_got": len(union - handed[kind]),
+                "sim_missed": ({reason: len(c) for reason, c in missed_log[kind].items()}
+                               if missed_all is not None else None),
                 "max_latency_s": max((tail.first[e["correlationId"]][0] - e["sentAtMs"] for e in ledger
                                       if e.get("correlationId") in tail.first), default=float("nan")) / 1000.0,
                 "longest_gap_s": gap / 1000.0,
