@@ -45,44 +45,66 @@ impl Tansu {
     }
 
     fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://data/tansu.db"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("tansu starts");
-        self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.port);
-        super::wait_until("tansu listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&address).is_ok()
-        });
+        // The port was free when picked; if another process took it meanwhile, tansu exits
+        // and a new port is tried.
+        for _attempt in 0..5 {
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
+            let mut command = Command::new(tansu_bin());
+            command
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "sqlite://data/tansu.db"])
+                .current_dir(self.dir.path())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log));
+            super::die_with_parent(&mut command);
+            let mut child = command.spawn().expect("tansu starts");
+            let address = format!("127.0.0.1:{}", self.port);
+            let mut exited = false;
+            super::wait_until("tansu listens (or exits)", Duration::from_secs(20), || {
+                exited = child.try_wait().ok().flatten().is_some();
+                exited || std::net::TcpStream::connect(&address).is_ok()
+            });
+            if !exited {
+                self.child = Some(child);
+                return;
+            }
+            self.port = super::free_port();
+        }
+        panic!(
+            "tansu did not start; see {}",
+            self.dir.path().join("broker.log").display()
+        );
     }
 
     pub fn create_topics(&self, topics: &[&str], partitions: u32) {
         for topic in topics {
-            let status = Command::new(tansu_bin())
-                .args([
-                    "topic",
-                    "create",
-                    topic,
-                    "--partitions",
-                    &partitions.to_string(),
-                ])
-                .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-                .stdout(Stdio::null())
-                .status()
-                .expect("tansu topic create runs");
-            assert!(status.success(), "topic {topic} created");
+            // A broker that just started listening may not take requests yet: retry briefly.
+            super::wait_until(
+                &format!("topic {topic} created"),
+                Duration::from_secs(20),
+                || {
+                    let output = Command::new(tansu_bin())
+                        .args(["topic", "create", topic])
+                        .args(["--partitions", &partitions.to_string()])
+                        .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+                        .output()
+                        .expect("tansu topic create runs");
+                    let said = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&output.stdout),
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                    .to_lowercase();
+                    output.status.success() || said.contains("already exists")
+                },
+            );
         }
     }
 
