@@ -76,6 +76,17 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
 async fn status(state: web::Data<HttpState>) -> HttpResponse {
     let mut snapshot = state.health.snapshot();
     snapshot.kafka.produced = state.metrics.events_produced.get();
+    // Dead letters by destination; "lost" counts failures of the dead-letter file itself.
+    snapshot.kafka.dead_lettered = ["topic", "file"]
+        .iter()
+        .map(|destination| {
+            state
+                .metrics
+                .dead_letters
+                .get_or_create(&Metrics::reason(destination))
+                .get()
+        })
+        .sum();
     snapshot.kafka.in_flight = state.metrics.in_flight.get().max(0) as u64;
     HttpResponse::Ok().json(snapshot)
 }

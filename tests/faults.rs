@@ -224,6 +224,7 @@ fn malformed_frames_are_dead_lettered_and_streaming_goes_on() {
     assert!(dead.iter().all(|r| r
         .header("dead-letter-reason")
         .is_some_and(|h| h.contains("malformed"))));
+    assert!(bridge.status()["kafka"]["dead_lettered"].as_u64().unwrap() >= 3);
     let produced = bridge.metric("genesys_bridge_events_produced_total");
     wait_until("streaming goes on", Duration::from_secs(20), || {
         bridge.metric("genesys_bridge_events_produced_total") > produced + 5.0

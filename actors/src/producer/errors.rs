@@ -18,10 +18,8 @@ pub enum Consequence {
 pub fn classify(error: &KafkaError) -> Consequence {
     match error.rdkafka_error_code() {
         Some(code) => classify_code(code),
-        None => match error {
-            KafkaError::MessageProduction(_) => Consequence::Retry,
-            _ => Consequence::Retry,
-        },
+        // No broker or librdkafka code (client-side trouble): try again.
+        None => Consequence::Retry,
     }
 }
 
