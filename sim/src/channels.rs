@@ -10,6 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
+use crate::channel_log::{ChannelEvent, ChannelLog, DetachCause};
 use crate::ids;
 use crate::link::{Outgoing, SocketCtl, SocketLink};
 use crate::missed::{MissReason, MissedLog};
@@ -84,6 +85,9 @@ pub(crate) struct Channel {
     pub silent_until: Option<Instant>,
     pub socket: Option<SocketLink>,
     connections: u64,
+    /// `accept_then_close` fault on this channel: `Some(None)` until cleared, `Some(Some(t))`
+    /// until `t`.
+    accept_then_close: Option<Option<Instant>>,
 }
 
 impl Channel {
@@ -134,10 +138,19 @@ pub(crate) struct Registry {
     next_seq: u64,
     next_conn: u64,
     rng: SmallRng,
+    /// Lifecycle events of every channel.
+    pub log: ChannelLog,
+    /// `accept_then_close` with target `all`: copied onto every channel created while it holds.
+    accept_then_close_all: Option<Option<Instant>>,
+}
+
+/// Whether an `accept_then_close` setting holds at `now`.
+fn holds(setting: Option<Option<Instant>>, now: Instant) -> bool {
+    setting.is_some_and(|until| until.is_none_or(|t| now < t))
 }
 
 impl Registry {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(seed: u64, log_capacity: Option<usize>) -> Self {
         Registry {
             live: HashMap::new(),
             index: HashMap::new(),
@@ -146,6 +159,8 @@ impl Registry {
             next_seq: 0,
             next_conn: 0,
             rng: ids::rng_for(seed, ids::Stream::Channels),
+            log: ChannelLog::new(log_capacity),
+            accept_then_close_all: None,
         }
     }
 
@@ -164,6 +179,7 @@ impl Registry {
             .values()
             .filter(|c| c.client_id == client_id)
             .collect();
+        let mut live_after = mine.len() + 1;
         if mine.len() >= max {
             let victim = mine
                 .iter()
@@ -174,10 +190,14 @@ impl Registry {
             if let Some(victim) = victim {
                 self.kill(&victim, ChannelDeath::Evicted, None);
                 evicted = Some(victim);
+                live_after -= 1;
             }
         }
         let id = ids::channel_id(&mut self.rng);
         let now = Utc::now();
+        let accept_then_close = self
+            .accept_then_close_all
+            .filter(|_| holds(self.accept_then_close_all, Instant::now()));
         let channel = Channel {
             id: id.clone(),
             client_id: client_id.to_owned(),
@@ -193,8 +213,19 @@ impl Registry {
             silent_until: None,
             socket: None,
             connections: 0,
+            accept_then_close,
         };
         self.next_seq += 1;
+        self.log.push(
+            &id,
+            client_id,
+            ChannelEvent::Created {
+                token: token.to_owned(),
+                expires: channel.expires_at_utc,
+                expires_ms: channel.expires_at_utc.timestamp_millis(),
+            },
+        );
+        self.log.note_live(client_id, live_after);
         self.live.insert(id.clone(), channel);
         (id, evicted)
     }
@@ -257,11 +288,28 @@ impl Registry {
                 }
             }
         }
+        let had_socket = channel.socket.is_some();
+        self.log.push(
+            id,
+            &channel.client_id,
+            ChannelEvent::Died {
+                reason: death,
+                had_socket,
+            },
+        );
         if let Some(link) = channel.socket.take() {
             if let Some(ctl) = final_ctl {
                 let _ = link.ctl.send(ctl);
             }
             link.close(death.close_reason());
+            self.log.push(
+                id,
+                &channel.client_id,
+                ChannelEvent::SocketDetached {
+                    conn_id: link.conn_id,
+                    cause: DetachCause::ChannelDied,
+                },
+            );
         }
         tracing::debug!(channel = %short(id), ?death, "channel died");
         self.dead.insert(id.to_owned(), channel.info(Some(death)));
@@ -292,30 +340,116 @@ impl Registry {
 
     /// Attaches a new socket; a previous socket of the channel is closed (one socket per channel).
     pub fn attach(&mut self, id: &str, link: SocketLink) -> Result<(), Refusal> {
+        let conn_id = link.conn_id;
+        self.attach_conn(id, conn_id, Some(link))
+    }
+
+    /// Records an upgrade accepted under `accept_then_close`: the connection supersedes the
+    /// channel's socket (if any) like any other, but is never attached (it is being closed), so
+    /// the channel has no socket afterwards. Logged as attach then detach.
+    pub fn attach_and_close(&mut self, id: &str, conn_id: u64) -> Result<(), Refusal> {
+        self.attach_conn(id, conn_id, None)?;
+        let client_id = self.live[id].client_id.clone();
+        self.log.push(
+            id,
+            &client_id,
+            ChannelEvent::SocketDetached {
+                conn_id,
+                cause: DetachCause::AcceptThenClose,
+            },
+        );
+        Ok(())
+    }
+
+    fn attach_conn(
+        &mut self,
+        id: &str,
+        conn_id: u64,
+        link: Option<SocketLink>,
+    ) -> Result<(), Refusal> {
         self.upgrade_check(id)?;
         let channel = self.live.get_mut(id).expect("checked live");
-        if let Some(old) = channel.socket.replace(link) {
-            old.close("superseded by a new connection to this channel");
-        }
+        let old = std::mem::replace(&mut channel.socket, link);
         channel.silent_until = None;
         channel.connections += 1;
+        let client_id = channel.client_id.clone();
+        if let Some(old) = old {
+            old.close("superseded by a new connection to this channel");
+            self.log.push(
+                id,
+                &client_id,
+                ChannelEvent::SocketDetached {
+                    conn_id: old.conn_id,
+                    cause: DetachCause::Superseded,
+                },
+            );
+        }
+        self.log
+            .push(id, &client_id, ChannelEvent::SocketAttached { conn_id });
         Ok(())
     }
 
     /// Forgets a socket that ended, unless a newer one replaced it already.
     pub fn detach(&mut self, id: &str, conn_id: u64) {
-        if let Some(channel) = self.live.get_mut(id) {
-            if channel
-                .socket
-                .as_ref()
-                .is_some_and(|l| l.conn_id == conn_id)
-            {
-                channel.socket = None;
-                channel.silent_until = None;
-            }
+        let current = self
+            .live
+            .get(id)
+            .and_then(|c| c.socket.as_ref())
+            .is_some_and(|l| l.conn_id == conn_id);
+        if current {
+            self.take_socket(id, DetachCause::ConnectionEnded);
         }
     }
 
+    /// Detaches the channel's socket (the caller closes or aborts it) and logs why.
+    pub fn take_socket(&mut self, id: &str, cause: DetachCause) -> Option<SocketLink> {
+        let channel = self.live.get_mut(id)?;
+        let link = channel.socket.take()?;
+        channel.silent_until = None;
+        let client_id = channel.client_id.clone();
+        self.log.push(
+            id,
+            &client_id,
+            ChannelEvent::SocketDetached {
+                conn_id: link.conn_id,
+                cause,
+            },
+        );
+        Some(link)
+    }
+
+    /// Whether an upgrade to `id` must be accepted and closed at once (`accept_then_close`).
+    pub fn accept_then_close_holds(&self, id: &str, now: Instant) -> bool {
+        self.live
+            .get(id)
+            .is_some_and(|c| holds(c.accept_then_close, now))
+    }
+
+    /// Sets (`Some(until)`) or clears (`None`) `accept_then_close` on the target channels: with
+    /// `all`, every live channel and every channel created while it holds. Returns the live
+    /// channels set or cleared.
+    pub fn set_accept_then_close(
+        &mut self,
+        channel: Option<&str>,
+        setting: Option<Option<Instant>>,
+    ) -> Vec<String> {
+        let ids = match channel {
+            None => {
+                self.accept_then_close_all = setting;
+                self.live_ids()
+            }
+            Some(id) if self.live.contains_key(id) => vec![id.to_owned()],
+            Some(_) => Vec::new(),
+        };
+        for id in &ids {
+            if let Some(c) = self.live.get_mut(id) {
+                c.accept_then_close = setting;
+            }
+        }
+        ids
+    }
+
+    #[cfg(test)]
     pub fn has_subscribers(&self, topic: &str) -> bool {
         self.index.contains_key(topic)
     }
@@ -355,9 +489,15 @@ impl Registry {
         due.into_iter().map(|(_, id, d)| (id, d)).collect()
     }
 
-    /// Lifts silences whose duration is over.
-    pub fn lift_silences(&mut self, now: Instant) {
+    /// Lifts silences and `accept_then_close` faults whose duration is over.
+    pub fn lift_timed_faults(&mut self, now: Instant) {
+        if !holds(self.accept_then_close_all, now) {
+            self.accept_then_close_all = None;
+        }
         for c in self.live.values_mut() {
+            if !holds(c.accept_then_close, now) {
+                c.accept_then_close = None;
+            }
             if c.silent_until.is_some_and(|t| now >= t) {
                 c.silent_until = None;
                 if let Some(link) = &c.socket {
@@ -416,7 +556,7 @@ mod tests {
 
     #[test]
     fn eviction_prefers_the_oldest_idle_channel() {
-        let mut reg = Registry::new(1);
+        let mut reg = Registry::new(1, None);
         let day = Duration::from_secs(86_400);
         let (a, _) = reg.create("c", "t", day, 2);
         let (b, _) = reg.create("c", "t", day, 2);
@@ -445,7 +585,7 @@ mod tests {
 
     #[test]
     fn topic_index_follows_subscriptions_and_death() {
-        let mut reg = Registry::new(1);
+        let mut reg = Registry::new(1, None);
         let (a, _) = reg.create("c", "t", Duration::from_secs(60), 20);
         reg.set_topics(&a, vec!["x".into(), "y".into(), "x".into()]);
         assert_eq!(reg.get(&a).unwrap().topics(), ["x", "y"]);

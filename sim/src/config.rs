@@ -162,8 +162,9 @@ pub struct SimConfig {
     pub branching: Branching,
     /// Frames waiting for one socket before the simulator drops that socket as too slow.
     pub socket_buffer_frames: usize,
-    /// Entries kept by the ledger, and likewise by the missed log and the REST request log
-    /// (oldest dropped first); `None` keeps everything. REST counters are never trimmed.
+    /// Entries kept by the ledger, and likewise by the missed log, the published log, the
+    /// channel log and the REST request log (oldest dropped first); `None` keeps everything.
+    /// REST counters and the channel log's per-client counters are never trimmed.
     pub ledger_capacity: Option<usize>,
     /// Conversations kept for the analytics query (oldest dropped first).
     pub history_capacity: usize,

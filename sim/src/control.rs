@@ -1,5 +1,5 @@
-//! `/sim/*`: the simulator's own control surface (ledger, missed log, REST request counts,
-//! channels, rate, queues, info), used by tests and scripts driving the binary. Faults live in
+//! `/sim/*`: the simulator's own control surface (ledger, missed log, published log, channel
+//! log, REST request counts, channels, rate, queues, info), used by tests and scripts driving the binary. Faults live in
 //! `faults.rs` (`POST /sim/faults`).
 
 use std::collections::HashMap;
@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use crate::channel_log::ChannelLogEntry;
 use crate::errors::bad_request;
 use crate::ledger::{FrameKind, LedgerEntry};
 use crate::missed::{MissReason, MissedEntry};
+use crate::published::{PublishSource, PublishedEntry};
 use crate::state::Sim;
 
 fn parse_kind(s: &str) -> Option<FrameKind> {
@@ -106,6 +108,49 @@ fn parse_reason(s: &str) -> Option<MissReason> {
     })
 }
 
+/// `GET /sim/published?format=json|jsonl&since=<seq>&topic=<topic>&source=model|burst`.
+pub(crate) async fn published(
+    sim: web::Data<Sim>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let since = match since(&q) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let source = match q.get("source").map(String::as_str) {
+        None => None,
+        Some("model") => Some(PublishSource::Model),
+        Some("burst") => Some(PublishSource::Burst),
+        Some(other) => return bad_request(format!("source must be model or burst, got {other}")),
+    };
+    let topic = q.get("topic").cloned();
+    let entries: Vec<PublishedEntry> = sim.published.snapshot(since, |e| {
+        source.is_none_or(|s| e.source == s) && topic.as_ref().is_none_or(|t| *t == e.topic)
+    });
+    entries_response(&q, &entries)
+}
+
+/// `GET /sim/channel-log?format=json|jsonl&since=<seq>&client=<id>&channel=<id>`.
+pub(crate) async fn channel_log(
+    sim: web::Data<Sim>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let since = match since(&q) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let client = q.get("client").cloned();
+    let channel = q.get("channel").cloned();
+    let entries: Vec<ChannelLogEntry> = {
+        let reg = sim.channels.lock().expect("channels lock");
+        reg.log.snapshot(since, |e| {
+            client.as_ref().is_none_or(|c| *c == e.client_id)
+                && channel.as_ref().is_none_or(|c| *c == e.channel_id)
+        })
+    };
+    entries_response(&q, &entries)
+}
+
 /// `GET /sim/requests?since=<seq>`: REST call counters, and the logged calls from `since`.
 pub(crate) async fn requests(
     sim: web::Data<Sim>,
@@ -164,6 +209,7 @@ pub(crate) async fn info(sim: web::Data<Sim>) -> HttpResponse {
     };
     let tokens_issued = sim.auth.lock().expect("auth lock").issued;
     let conversations = sim.history.lock().expect("history lock").len();
+    let channel_log_total = sim.channels.lock().expect("channels lock").log.total();
     HttpResponse::Ok().json(serde_json::json!({
         "orgId": sim.org_id,
         "baseUrl": sim.base_url,
@@ -174,6 +220,8 @@ pub(crate) async fn info(sim: web::Data<Sim>) -> HttpResponse {
         "conversations": conversations,
         "ledgerTotal": sim.ledger.total(),
         "missedTotal": sim.missed.total(),
+        "publishedTotal": sim.published.total(),
+        "channelLogTotal": channel_log_total,
         "restRequests": sim.requests.lock().expect("requests lock").total(),
     }))
 }

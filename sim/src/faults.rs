@@ -10,6 +10,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::auth::TokenState;
+use crate::channel_log::DetachCause;
 use crate::channels::ChannelDeath;
 use crate::frames::MalformedKind;
 use crate::link::SocketCtl;
@@ -113,6 +114,22 @@ pub enum Fault {
         #[serde(default)]
         target: Target,
     },
+    /// Accept WebSocket upgrades to the target (101), then close at once: a close frame (1000,
+    /// reason `accept_then_close`) and nothing else. The channel stays alive and subscribed;
+    /// sockets already connected are not touched. With target `all` it also applies to
+    /// channels created while it holds.
+    AcceptThenClose {
+        #[serde(default)]
+        target: Target,
+        /// Ends by itself after this long; without it, until `clear_accept_then_close`.
+        #[serde(default)]
+        duration_ms: Option<u64>,
+    },
+    /// End `accept_then_close` (with `all`: everywhere, and for new channels).
+    ClearAcceptThenClose {
+        #[serde(default)]
+        target: Target,
+    },
     /// Answer REST calls with 429/500 or late.
     Rest(RestFault),
     /// Remove every pending REST fault.
@@ -154,7 +171,7 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
         Fault::DropSocket { target } => {
             let mut reg = sim.channels.lock().expect("channels lock");
             for id in resolve(&reg.live_ids(), &target) {
-                if let Some(link) = reg.get_mut(&id).and_then(|c| c.socket.take()) {
+                if let Some(link) = reg.take_socket(&id, DetachCause::Dropped) {
                     link.abort();
                     outcome.channels.push(id);
                 }
@@ -262,14 +279,13 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
         Fault::NoLongerSubscribed { target } => {
             let mut reg = sim.channels.lock().expect("channels lock");
             for id in resolve(&reg.live_ids(), &target) {
-                let Some(channel) = reg.get_mut(&id) else {
+                let Some(link) = reg.take_socket(&id, DetachCause::NoLongerSubscribed) else {
                     continue;
                 };
-                let Some(link) = channel.socket.take() else {
-                    continue;
-                };
-                channel.silent_until = None;
-                let client_id = channel.client_id.clone();
+                let client_id = reg
+                    .get(&id)
+                    .map(|c| c.client_id.clone())
+                    .unwrap_or_default();
                 reg.set_topics(&id, Vec::new());
                 let ctl = sim.system_ctl(
                     &id,
@@ -283,6 +299,18 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
                 link.close("no longer subscribed");
                 outcome.channels.push(id);
             }
+        }
+        Fault::AcceptThenClose {
+            target,
+            duration_ms,
+        } => {
+            let until = duration_ms.map(|ms| now + Duration::from_millis(ms));
+            let mut reg = sim.channels.lock().expect("channels lock");
+            outcome.channels = reg.set_accept_then_close(target_id(&target), Some(until));
+        }
+        Fault::ClearAcceptThenClose { target } => {
+            let mut reg = sim.channels.lock().expect("channels lock");
+            outcome.channels = reg.set_accept_then_close(target_id(&target), None);
         }
         Fault::Rest(rest) => sim.rest_faults.lock().expect("faults lock").push(rest),
         Fault::ClearRest => sim.rest_faults.lock().expect("faults lock").clear(),
@@ -340,6 +368,13 @@ fn default_burst_topic(sim: &Sim) -> String {
     format!("v2.routing.queues.{}.conversations", dir.queues[0].id)
 }
 
+fn target_id(target: &Target) -> Option<&str> {
+    match target {
+        Target::All => None,
+        Target::Channel(id) => Some(id),
+    }
+}
+
 fn resolve(live: &[String], target: &Target) -> Vec<String> {
     match target {
         Target::All => live.to_vec(),
@@ -376,6 +411,11 @@ pub(crate) async fn faults_endpoint(sim: web::Data<Sim>, body: web::Bytes) -> Ht
         } | Fault::Burst {
             target: Target::Channel(_),
             ..
+        } | Fault::AcceptThenClose {
+            target: Target::Channel(_),
+            ..
+        } | Fault::ClearAcceptThenClose {
+            target: Target::Channel(_)
         }
     );
     let outcome = apply(&sim, fault);
@@ -467,6 +507,30 @@ impl Faults<'_> {
         self.apply(Fault::NoLongerSubscribed { target }).channels
     }
 
+    /// Accepts upgrades to the target and closes them at once (close frame 1000, nothing
+    /// else), until [`Faults::clear_accept_then_close`] or for `duration`. With `"all"` it also
+    /// applies to channels created meanwhile. Returns the live channels it was set on.
+    pub fn accept_then_close(
+        &self,
+        target: impl Into<Target>,
+        duration: Option<Duration>,
+    ) -> Vec<String> {
+        let target = target.into();
+        let duration_ms = duration.map(|d| d.as_millis() as u64);
+        self.apply(Fault::AcceptThenClose {
+            target,
+            duration_ms,
+        })
+        .channels
+    }
+
+    /// Ends `accept_then_close` on the target (`"all"`: on every channel and for new ones).
+    /// Returns the live channels it was cleared on.
+    pub fn clear_accept_then_close(&self, target: impl Into<Target>) -> Vec<String> {
+        let target = target.into();
+        self.apply(Fault::ClearAcceptThenClose { target }).channels
+    }
+
     /// Adds a REST fault.
     pub fn rest(&self, fault: RestFault) {
         self.apply(Fault::Rest(fault));
@@ -527,6 +591,26 @@ mod tests {
             f,
             Fault::NoLongerSubscribed {
                 target: Target::All
+            }
+        );
+        let f: Fault = serde_json::from_str(
+            r#"{"fault":"accept_then_close","target":"all","duration_ms":5000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            Fault::AcceptThenClose {
+                target: Target::All,
+                duration_ms: Some(5000)
+            }
+        );
+        let f: Fault =
+            serde_json::from_str(r#"{"fault":"clear_accept_then_close","target":"streaming-0-x"}"#)
+                .unwrap();
+        assert_eq!(
+            f,
+            Fault::ClearAcceptThenClose {
+                target: Target::Channel("streaming-0-x".into())
             }
         );
         let f: Fault = serde_json::from_str(r#"{"fault":"expire_tokens"}"#).unwrap();

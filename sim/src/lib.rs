@@ -4,7 +4,8 @@
 //! lists, the analytics conversation-details query, and the streaming WebSocket (on a second
 //! listener), driven by a seeded conversation model. Every frame handed to a socket is recorded
 //! in a ledger, every event a subscribed channel could not be handed in the missed log, every
-//! REST call is counted, and faults can be injected from the library or `POST /sim/faults`.
+//! REST call is counted, every published event and every channel lifecycle event is logged, and
+//! faults can be injected from the library or `POST /sim/faults`.
 //!
 //! ```no_run
 //! let sim = genesys_sim::Simulator::start(genesys_sim::SimConfig::default())?;
@@ -20,6 +21,7 @@
 
 mod analytics;
 mod auth;
+mod channel_log;
 mod channels;
 mod config;
 mod control;
@@ -33,6 +35,7 @@ mod ledger;
 mod link;
 mod missed;
 mod model;
+mod published;
 mod requests;
 mod rest;
 mod rest_faults;
@@ -43,6 +46,7 @@ mod ws;
 
 use std::sync::{Arc, Mutex};
 
+pub use channel_log::{ChannelEvent, ChannelLogEntry, DetachCause};
 pub use channels::{ChannelDeath, ChannelInfo};
 pub use config::{
     Branching, SimClient, SimConfig, StageDurations, ALL_PERMISSIONS, PERM_CONVERSATION_DETAIL,
@@ -52,6 +56,7 @@ pub use faults::{Fault, FaultOutcome, Faults, RestFault, RestFaultKind, RestScop
 pub use frames::MalformedKind;
 pub use ledger::{FrameKind, LedgerEntry};
 pub use missed::{MissReason, MissedEntry};
+pub use published::{PublishSource, PublishedEntry};
 pub use requests::{EndpointGroup, GroupCounts, RestRequest, RestRequestStats};
 
 /// Entry point: `Simulator::start(cfg)`.
@@ -133,6 +138,52 @@ impl SimHandle {
     /// Number of missed-log entries matching the filter, without copying them.
     pub fn missed_count(&self, filter: impl Fn(&MissedEntry) -> bool) -> usize {
         self.sim.missed.count(filter)
+    }
+
+    /// Every event frame published so far (conversation model and `burst` fault), whether or
+    /// not any channel was subscribed or connected, in order. For a subscribed live channel,
+    /// each of these on its topics is in exactly one of the ledger and the missed log, with the
+    /// byte-identical frame (burst frames: only on the channel they were built for, and never
+    /// in the missed log).
+    pub fn published(&self) -> Vec<PublishedEntry> {
+        self.sim.published.snapshot(0, |_| true)
+    }
+
+    /// Published-log entries with `seq >= since`.
+    pub fn published_since(&self, since: u64) -> Vec<PublishedEntry> {
+        self.sim.published.snapshot(since, |_| true)
+    }
+
+    /// Number of published-log entries matching the filter, without copying them.
+    pub fn published_count(&self, filter: impl Fn(&PublishedEntry) -> bool) -> usize {
+        self.sim.published.count(filter)
+    }
+
+    /// Every channel lifecycle event so far (created, died, socket attached/detached), in
+    /// order.
+    pub fn channel_log(&self) -> Vec<ChannelLogEntry> {
+        let reg = self.sim.channels.lock().expect("channels lock");
+        reg.log.snapshot(0, |_| true)
+    }
+
+    /// Channel-log entries with `seq >= since`.
+    pub fn channel_log_since(&self, since: u64) -> Vec<ChannelLogEntry> {
+        let reg = self.sim.channels.lock().expect("channels lock");
+        reg.log.snapshot(since, |_| true)
+    }
+
+    /// The largest number of live channels the OAuth client ever held at once (0 if none).
+    /// Never trimmed.
+    pub fn max_live_channels(&self, client_id: &str) -> usize {
+        let reg = self.sim.channels.lock().expect("channels lock");
+        reg.log.max_live(client_id)
+    }
+
+    /// How many of the client's channels were evicted while a socket was attached to them.
+    /// Never trimmed.
+    pub fn evictions_of_live_channels(&self, client_id: &str) -> usize {
+        let reg = self.sim.channels.lock().expect("channels lock");
+        reg.log.live_evictions(client_id)
     }
 
     /// REST calls to `/oauth/*` and `/api/*` answered so far (injected faults included): counts

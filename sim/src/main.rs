@@ -58,8 +58,8 @@ struct Args {
     /// Topics per channel; a larger subscription is a 400.
     #[arg(long, default_value_t = 1000)]
     max_topics_per_channel: usize,
-    /// Entries kept in memory by the ledger, the missed log and the REST request log, each
-    /// (oldest dropped first); 0 = unlimited.
+    /// Entries kept in memory by the ledger, the missed log, the published log, the channel log
+    /// and the REST request log, each (oldest dropped first); 0 = unlimited.
     #[arg(long, default_value_t = 200_000)]
     ledger_limit: usize,
     /// actix worker threads per listener.

@@ -178,6 +178,8 @@ fn rest_routes(cfg: &mut web::ServiceConfig) {
         .route("/sim/faults", web::post().to(faults::faults_endpoint))
         .route("/sim/ledger", web::get().to(control::ledger))
         .route("/sim/missed", web::get().to(control::missed))
+        .route("/sim/published", web::get().to(control::published))
+        .route("/sim/channel-log", web::get().to(control::channel_log))
         .route("/sim/requests", web::get().to(control::requests))
         .route("/sim/channels", web::get().to(control::channels))
         .route("/sim/rate", web::post().to(control::set_rate))

@@ -1,8 +1,8 @@
 //! The simulator's shared state and the janitor that enforces lifetimes.
 //!
 //! Locks are plain `std` mutexes held for short, non-async sections. Lock order, where two are
-//! held: `auth` before `channels`; `channels` before `sys_rng`; the ledger, missed and
-//! requests locks are leaves.
+//! held: `auth` before `channels`; `channels` before `sys_rng`; the ledger, missed, published
+//! and requests locks are leaves.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +22,7 @@ use crate::ids;
 use crate::ledger::Ledger;
 use crate::link::SocketCtl;
 use crate::missed::MissedLog;
+use crate::published::PublishedLog;
 use crate::requests::RequestLog;
 use crate::rest_faults::RestFaults;
 
@@ -38,6 +39,7 @@ pub(crate) struct Sim {
     pub channels: Mutex<Registry>,
     pub ledger: Ledger,
     pub missed: MissedLog,
+    pub published: PublishedLog,
     pub requests: Mutex<RequestLog>,
     pub rest_faults: Mutex<RestFaults>,
     pub history: Mutex<History>,
@@ -60,9 +62,10 @@ impl Sim {
             ws_base_url,
             directory: RwLock::new(Directory::new(cfg.seed, cfg.queues, cfg.agents)),
             auth: Mutex::new(AuthState::new(cfg.seed)),
-            channels: Mutex::new(Registry::new(cfg.seed)),
+            channels: Mutex::new(Registry::new(cfg.seed, cfg.ledger_capacity)),
             ledger: Ledger::new(cfg.ledger_capacity),
             missed: MissedLog::new(cfg.ledger_capacity),
+            published: PublishedLog::new(cfg.ledger_capacity),
             requests: Mutex::new(RequestLog::new(cfg.ledger_capacity)),
             rest_faults: Mutex::new(RestFaults::default()),
             history: Mutex::new(History::new(cfg.history_capacity)),
@@ -129,7 +132,7 @@ impl Sim {
     }
 
     /// One pass of lifetime enforcement: expired tokens kill their channels, expired and
-    /// `socket_closing` channels die, timed silences end.
+    /// `socket_closing` channels die, timed silences and `accept_then_close` faults end.
     pub fn janitor_tick(&self) {
         let now = Instant::now();
         let newly_dead: HashSet<String> = {
@@ -150,7 +153,7 @@ impl Sim {
         for (id, death) in reg.due_deaths(now) {
             reg.kill(&id, death, None);
         }
-        reg.lift_silences(now);
+        reg.lift_timed_faults(now);
     }
 }
 

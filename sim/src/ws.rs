@@ -21,6 +21,7 @@ use crate::ids;
 use crate::ledger::{FrameKind, Sent};
 use crate::link::{Outgoing, SocketCtl, SocketLink, CLOSE_SEND_TIMEOUT};
 use crate::missed::MissReason;
+use crate::published::PublishSource;
 use crate::state::Sim;
 
 /// Frames built and sent per step of a burst, between checks of the control queue.
@@ -58,6 +59,19 @@ pub(crate) async fn upgrade(
         Ok(parts) => parts,
         Err(e) => return e.error_response(),
     };
+    {
+        let mut reg = sim.channels.lock().expect("channels lock");
+        if reg.accept_then_close_holds(&channel_id, std::time::Instant::now()) {
+            let conn_id = reg.next_conn_id();
+            if let Err(refusal) = reg.attach_and_close(&channel_id, conn_id) {
+                return refusal_response(refusal);
+            }
+            drop(reg);
+            tracing::debug!(channel = %short(&channel_id), conn_id, "accept_then_close");
+            actix_web::rt::spawn(accept_then_close(session, stream));
+            return response;
+        }
+    }
     let (data_tx, data_rx) = mpsc::channel(sim.cfg.socket_buffer_frames.max(1));
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -89,6 +103,16 @@ pub(crate) async fn upgrade(
     };
     actix_web::rt::spawn(task.run(stream, data_rx, ctl_rx));
     response
+}
+
+/// The `accept_then_close` fault: a close frame (1000) before anything else, then the end.
+async fn accept_then_close(session: Session, stream: MessageStream) {
+    let reason = CloseReason {
+        code: CloseCode::Normal,
+        description: Some("accept_then_close".to_owned()),
+    };
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, session.close(Some(reason))).await;
+    drop(stream);
 }
 
 /// How a connection ends.
@@ -348,6 +372,11 @@ impl SocketTask {
                 .map(|i| burst_frame(&topic, burst_no, i))
                 .collect();
             built += n;
+            self.sim.published.record(
+                PublishSource::Burst,
+                Some(&self.channel_id),
+                frames.iter().map(|(f, c)| (&*topic, f, c)),
+            );
             let mut sent_batch = Vec::with_capacity(frames.len());
             let mut failure = None;
             for (frame, correlation_id) in frames {

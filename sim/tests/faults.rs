@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
 use common::*;
-use genesys_sim::{FrameKind, MalformedKind, RestFault, RestFaultKind, RestScope, SimConfig};
+use genesys_sim::{
+    FrameKind, MalformedKind, MissReason, RestFault, RestFaultKind, RestScope, SimConfig,
+};
 use serde_json::{json, Value};
 
 #[actix_rt::test]
@@ -106,6 +108,123 @@ async fn silence_sends_nothing_until_resume() {
     }
     socket.next_json_where(is_heartbeat).await;
     assert!(silenced_at.elapsed() >= Duration::from_millis(450));
+}
+
+/// Reads `socket` into `frames` until `cond` holds.
+async fn read_until(
+    socket: &mut Socket,
+    frames: &mut Vec<Seen>,
+    cond: impl Fn() -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        if let Some(frame) = socket.next_within(Duration::from_millis(20)).await {
+            frames.push(frame);
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn silence_of_one_channel_without_duration() {
+    let sim = start(SimConfig {
+        rate_per_sec: 20.0,
+        ..fast_config()
+    });
+    let base = sim.base_url();
+    let api = Api::login(&base).await;
+    let topics = queue_topics(&sim);
+    let (a, uri_a) = api.channel().await;
+    let (b, uri_b) = api.channel().await;
+    api.subscribe_ok(&a, &topics).await;
+    api.subscribe_ok(&b, &topics).await;
+    let mut silent = Socket::connect(&uri_a).await;
+    silent.next_json_where(is_heartbeat).await;
+    let (_seen_b, reader_b) = spawn_reader(Socket::connect(&uri_b).await);
+    let ledgered = |channel: &str, kind: FrameKind, after: u64| {
+        sim.ledger_count(|e| e.channel_id == channel && e.kind == kind && e.seq >= after)
+    };
+    until("b streams", || ledgered(&b, FrameKind::Event, 0) > 0).await;
+    // Both connected from here on (before, events could be missed for want of a socket).
+    let missed_mark = sim.missed().last().map_or(0, |e| e.seq + 1);
+
+    let resp = post_fault(&base, json!({"fault": "silence", "target": a})).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body["channels"], json!([a]));
+    let mark = sim.ledger().last().map_or(0, |e| e.seq + 1);
+    let a_before = sim.ledger_count(|e| e.channel_id == a);
+    silent.send_text(r#"{"message":"ping"}"#).await;
+    silent.send_ping(b"x").await;
+
+    // Read `a` while `b` goes on: phase 1 lets frames already on their way arrive (at most the
+    // one being sent when the silence began); phase 2 must bring nothing at all.
+    let mut on_a = Vec::new();
+    read_until(
+        &mut silent,
+        &mut on_a,
+        || {
+            ledgered(&b, FrameKind::Heartbeat, mark) >= 3
+                && ledgered(&b, FrameKind::Event, mark) >= 3
+                && sim.missed_count(|e| e.channel_id == a && e.reason == MissReason::Silenced) >= 3
+        },
+        "b streams while a is silent",
+    )
+    .await;
+    let a_phase1 = sim.ledger_count(|e| e.channel_id == a);
+    assert!(a_phase1 <= a_before + 1, "nothing sent on a once silenced");
+    assert!(
+        on_a.iter()
+            .all(|f| matches!(f, Seen::Text(t) if !t.contains("pong"))),
+        "no pong, no close: {on_a:?}"
+    );
+    let mark2 = sim.ledger().last().map_or(0, |e| e.seq + 1);
+    let mut phase2 = Vec::new();
+    read_until(
+        &mut silent,
+        &mut phase2,
+        || ledgered(&b, FrameKind::Heartbeat, mark2) >= 2,
+        "two more heartbeats on b",
+    )
+    .await;
+    assert_eq!(phase2, vec![], "a silent socket sends nothing at all");
+    assert_eq!(sim.ledger_count(|e| e.channel_id == a), a_phase1);
+    assert_eq!(ledgered(&a, FrameKind::Pong, 0), 0);
+    // TCP stays open: still connected, no close frame, no end.
+    assert!(sim.channels().iter().any(|c| c.id == a && c.connected));
+    assert!(!reader_b.is_finished());
+
+    // What a missed while silent, b received, byte-identical; b missed nothing.
+    let missed: Vec<_> = sim
+        .missed_since(missed_mark)
+        .into_iter()
+        .filter(|e| e.channel_id == a)
+        .collect();
+    assert!(missed.len() >= 3);
+    assert!(missed.iter().all(|e| e.reason == MissReason::Silenced));
+    until("b got every event a missed", || {
+        let b_sent: HashSet<String> = sim
+            .sent_events()
+            .into_iter()
+            .filter(|e| e.channel_id == b)
+            .map(|e| e.frame.to_string())
+            .collect();
+        missed.iter().all(|m| b_sent.contains(&*m.frame))
+    })
+    .await;
+    assert_eq!(
+        sim.missed_count(|e| e.channel_id == b && e.seq >= missed_mark),
+        0
+    );
+
+    // Resumed: heartbeats, pongs and events again.
+    assert_eq!(sim.faults().resume(&a), vec![a.clone()]);
+    silent.next_json_where(is_heartbeat).await;
+    silent.send_text(r#"{"message":"ping"}"#).await;
+    silent.next_json_where(is_pong).await;
+    silent
+        .next_json_where(|v| v["topicName"] != "channel.metadata")
+        .await;
 }
 
 #[actix_rt::test]

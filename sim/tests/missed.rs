@@ -3,33 +3,12 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
-use std::time::Duration;
 
 use awc::http::StatusCode;
 use common::*;
 use genesys_sim::{FrameKind, MissReason, MissedEntry, SimConfig, SimHandle};
 use serde_json::Value;
-
-/// Reads a socket in the background, keeping every text frame; ends with how the socket ended.
-fn spawn_reader(
-    mut socket: Socket,
-) -> (Rc<RefCell<Vec<String>>>, actix_rt::task::JoinHandle<Seen>) {
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let sink = seen.clone();
-    let task = actix_rt::spawn(async move {
-        loop {
-            match socket.next_within(Duration::from_secs(30)).await {
-                Some(Seen::Text(t)) => sink.borrow_mut().push(t),
-                Some(Seen::Pong(_)) | Some(Seen::Binary(_)) | None => {}
-                Some(end) => return end,
-            }
-        }
-    });
-    (seen, task)
-}
 
 fn misses(sim: &SimHandle, channel: &str, reason: MissReason) -> usize {
     sim.missed_count(|e| e.channel_id == channel && e.reason == reason)
@@ -97,14 +76,6 @@ async fn assert_accounts_like(sim: &SimHandle, channel: &str, reference: &str) {
     for (id, frame) in &mine {
         assert_eq!(frame, &due[id], "byte-identical frame for {id}");
     }
-}
-
-async fn get_json(url: &str) -> (StatusCode, Value) {
-    let mut resp = http().get(url).send().await.unwrap();
-    let body = resp.body().limit(64 << 20).await.unwrap();
-    let status = resp.status();
-    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    (status, value)
 }
 
 #[actix_rt::test]

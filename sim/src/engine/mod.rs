@@ -21,7 +21,9 @@ use crate::channels::outgoing;
 use crate::config::{Branching, StageDurations};
 use crate::frames::envelope;
 use crate::ids;
+use crate::link::Outgoing;
 use crate::model::{observation_json, Conversation, QueueCounts};
+use crate::published::PublishSource;
 use crate::state::Sim;
 
 mod lifecycle;
@@ -314,19 +316,32 @@ impl Engine {
     }
 }
 
-/// Draws one correlation id per topic (always, so that ids do not depend on who listens), then
-/// builds the body once and queues the byte-identical frame on every subscribed channel.
+/// Draws one correlation id per topic (always, so that ids do not depend on who listens), builds
+/// the body once, records every topic's frame in the published log, and queues the
+/// byte-identical frame on every subscribed channel.
 fn publish(sim: &Sim, rng: &mut SmallRng, topics: &[String], body: impl FnOnce() -> String) {
     let correlation_ids: Vec<String> = topics.iter().map(|_| ids::uuid(rng)).collect();
+    let body = body();
+    let outs: Vec<Outgoing> = topics
+        .iter()
+        .zip(&correlation_ids)
+        .map(|(topic, correlation_id)| {
+            outgoing(
+                topic,
+                envelope(topic, &body, correlation_id),
+                correlation_id,
+            )
+        })
+        .collect();
+    // Under the registry lock, so that the published order is the order of delivery.
     let registry = sim.channels.lock().expect("channels lock");
-    let mut body_fn = Some(body);
-    let mut body_text: Option<String> = None;
-    for (topic, correlation_id) in topics.iter().zip(&correlation_ids) {
-        if !registry.has_subscribers(topic) {
-            continue;
-        }
-        let text = body_text.get_or_insert_with(|| (body_fn.take().expect("built once"))());
-        let frame = envelope(topic, text, correlation_id);
-        registry.deliver(&outgoing(topic, frame, correlation_id), &sim.missed);
+    sim.published.record(
+        PublishSource::Model,
+        None,
+        outs.iter()
+            .map(|o| (&*o.topic, &o.frame, &o.correlation_id)),
+    );
+    for out in &outs {
+        registry.deliver(out, &sim.missed);
     }
 }

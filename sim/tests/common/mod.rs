@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
@@ -286,4 +288,31 @@ pub fn is_heartbeat(v: &Value) -> bool {
 
 pub fn is_pong(v: &Value) -> bool {
     v["topicName"] == "channel.metadata" && v["eventBody"]["message"] == "pong"
+}
+
+/// Reads a socket in the background, keeping every text frame; ends with how the socket ended.
+pub fn spawn_reader(
+    mut socket: Socket,
+) -> (Rc<RefCell<Vec<String>>>, actix_rt::task::JoinHandle<Seen>) {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let sink = seen.clone();
+    let task = actix_rt::spawn(async move {
+        loop {
+            match socket.next_within(Duration::from_secs(30)).await {
+                Some(Seen::Text(t)) => sink.borrow_mut().push(t),
+                Some(Seen::Pong(_)) | Some(Seen::Binary(_)) | None => {}
+                Some(end) => return end,
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// `GET url` → (status, JSON body or `Null`).
+pub async fn get_json(url: &str) -> (StatusCode, Value) {
+    let mut resp = http().get(url).send().await.unwrap();
+    let body = resp.body().limit(64 << 20).await.unwrap();
+    let status = resp.status();
+    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, value)
 }
