@@ -164,14 +164,30 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketConfig {
+    /// Legs (redundant channels with the same topics) per shard: 1 or 2. Unset: 2 whenever
+    /// two channels per shard fit in `topics.channel_budget`, else 1 with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<usize>,
     #[serde(default = "default_ping", with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// A socket that shows no frame within this time after a ping is dead and replaced.
+    #[serde(default = "default_pong_timeout", with = "humantime_serde")]
+    pub pong_timeout: Duration,
     #[serde(default = "default_dead_after", with = "humantime_serde")]
     pub dead_after: Duration,
     #[serde(default = "default_rollover_margin", with = "humantime_serde")]
     pub rollover_margin: Duration,
     #[serde(default = "default_rollover_timeout", with = "humantime_serde")]
     pub rollover_timeout: Duration,
+    /// Planned rollovers of one leg are at least this far apart.
+    #[serde(default = "default_min_rollover_interval", with = "humantime_serde")]
+    pub min_rollover_interval: Duration,
+    /// A socket that lived this long proved stable: the reconnect backoff starts over.
+    #[serde(default = "default_stable_after", with = "humantime_serde")]
+    pub stable_after: Duration,
+    /// Connect attempts per leg and minute, at most.
+    #[serde(default = "default_max_connects")]
+    pub max_connects_per_minute: u32,
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
     #[serde(default = "default_dedup_capacity")]
@@ -256,7 +272,19 @@ fn default_in_flight() -> usize {
     10_000
 }
 fn default_ping() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_pong_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_min_rollover_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_stable_after() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_connects() -> u32 {
+    12
 }
 fn default_dead_after() -> Duration {
     Duration::from_secs(75)
@@ -295,10 +323,15 @@ impl Default for TopicsConfig {
 impl Default for SocketConfig {
     fn default() -> Self {
         Self {
+            redundancy: None,
             ping_interval: default_ping(),
+            pong_timeout: default_pong_timeout(),
             dead_after: default_dead_after(),
             rollover_margin: default_rollover_margin(),
             rollover_timeout: default_rollover_timeout(),
+            min_rollover_interval: default_min_rollover_interval(),
+            stable_after: default_stable_after(),
+            max_connects_per_minute: default_max_connects(),
             max_frame_bytes: default_max_frame(),
             dedup_capacity: default_dedup_capacity(),
             dedup_window: default_dedup_window(),
@@ -495,15 +528,35 @@ impl Config {
                 format!("must be 1..=1000, got {}", t.per_channel),
             ));
         }
-        if !(1..=MAX_CHANNELS).contains(&t.channel_budget) {
+        if !(2..=MAX_CHANNELS).contains(&t.channel_budget) {
             return Err(invalid(
                 "topics.channel_budget",
-                format!("must be 1..=20, got {}", t.channel_budget),
+                format!(
+                    "must be 2..=20 (one shard and a free slot for its rollovers at least), got {}",
+                    t.channel_budget
+                ),
             ));
         }
         let s = &self.socket;
+        if let Some(legs) = s.redundancy {
+            if !(1..=2).contains(&legs) {
+                return Err(invalid(
+                    "socket.redundancy",
+                    format!("must be 1 or 2, got {legs}"),
+                ));
+            }
+        }
         if s.ping_interval.is_zero() {
             return Err(invalid("socket.ping_interval", "must be greater than zero"));
+        }
+        if s.pong_timeout.is_zero() {
+            return Err(invalid("socket.pong_timeout", "must be greater than zero"));
+        }
+        if s.max_connects_per_minute == 0 {
+            return Err(invalid(
+                "socket.max_connects_per_minute",
+                "must be at least 1",
+            ));
         }
         if s.dead_after <= s.ping_interval {
             return Err(invalid(
@@ -634,9 +687,15 @@ impl Config {
             socket: Arc::new(SocketSettings {
                 endpoints,
                 ping_interval: s.ping_interval,
+                pong_timeout: s.pong_timeout,
                 dead_after: s.dead_after,
                 rollover_margin: s.rollover_margin,
                 rollover_timeout: s.rollover_timeout,
+                min_rollover_interval: s.min_rollover_interval,
+                stable_after: s.stable_after,
+                max_connects_per_minute: s.max_connects_per_minute,
+                token_rollover_spread: (self.genesys.token_refresh_margin / 2)
+                    .min(Duration::from_secs(60)),
                 max_frame_bytes: s.max_frame_bytes,
                 request_timeout: self.genesys.request_timeout,
                 backoff: s.backoff,
@@ -659,6 +718,7 @@ impl Config {
                 templates: self.topics.templates.clone(),
                 per_channel: self.topics.per_channel,
                 channel_budget: self.topics.channel_budget,
+                redundancy: self.socket.redundancy,
                 refresh_interval: self.topics.refresh_interval,
             },
             supervisor: SupervisorSettings {

@@ -173,6 +173,7 @@ fsync_interval = "200ms"
 
 [socket]
 ping_interval = "2s"
+pong_timeout = "1s"
 dead_after = "8s"
 
 [http]
@@ -330,6 +331,7 @@ fn summary(sim: &SimHandle, brokers: &str, elapsed: Duration) -> anyhow::Result<
         .keys()
         .filter(|frame| !in_kafka.contains_key(*frame))
         .count();
+
     let duplicates: usize = in_kafka.values().map(|n| n.saturating_sub(1)).sum();
     println!("\nSummary after {:.1} s", elapsed.as_secs_f64());
     println!(

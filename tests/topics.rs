@@ -30,6 +30,7 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
         &[],
     );
     bridge.wait_ready(Duration::from_secs(60));
+    wait_legs_streaming(&bridge, 3, 2, Duration::from_secs(60));
     let live: Vec<_> = sim
         .channels()
         .into_iter()
@@ -37,7 +38,8 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
         .collect();
     let mut sizes: Vec<usize> = live.iter().map(|c| c.topics.len()).collect();
     sizes.sort_unstable();
-    assert_eq!(sizes, vec![500, 1000, 1000]);
+    // Three shards, two legs each.
+    assert_eq!(sizes, vec![500, 500, 1000, 1000, 1000, 1000]);
     let status = bridge.status();
     assert_eq!(status["shards"].as_array().unwrap().len(), 3);
     assert_eq!(bridge.metric("genesys_bridge_topics_subscribed"), 2500.0);
@@ -66,7 +68,8 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
     let code = bridge.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(78), "EX_CONFIG for an unstreamable topic set");
     let logs = bridge.logs().join("\n");
-    assert!(logs.contains("need 21 channels"), "{logs}");
+    assert!(logs.contains("21 shards"), "{logs}");
+    assert!(logs.contains("at most 19 shards fit"), "{logs}");
     assert!(
         sim.channels().is_empty(),
         "no channel was created for a topic set that cannot be streamed"
@@ -113,7 +116,7 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
         .into_iter()
         .filter(|c| c.alive && c.connected)
         .count();
-    assert_eq!(live, 1, "the rollover closed the old socket");
+    assert_eq!(live, 2, "the rollover closed the old sockets: one per leg");
 }
 
 #[test]

@@ -24,10 +24,49 @@ pub enum ShardPhase {
     Paused,
 }
 
+/// One leg of a shard: one of its redundant channels and the socket on it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LegStatus {
+    pub leg: usize,
+    pub phase: ShardPhase,
+    /// Shortened channel id.
+    pub channel: Option<String>,
+    pub channel_created_at: Option<DateTime<Utc>>,
+    pub channel_expires_at: Option<DateTime<Utc>>,
+    pub last_frame_at: Option<DateTime<Utc>>,
+    pub connects: u64,
+    pub rollovers: u64,
+    pub losses: u64,
+    pub last_error: Option<String>,
+}
+
+impl LegStatus {
+    pub fn new(leg: usize) -> Self {
+        Self {
+            leg,
+            phase: ShardPhase::Connecting,
+            channel: None,
+            channel_created_at: None,
+            channel_expires_at: None,
+            last_frame_at: None,
+            connects: 0,
+            rollovers: 0,
+            losses: 0,
+            last_error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardStatus {
     pub shard: u32,
+    /// Streaming while at least one leg streams.
     pub phase: ShardPhase,
+    /// Legs (redundant channels) of this shard: 1 or 2.
+    pub redundancy: usize,
+    pub legs: Vec<LegStatus>,
+    /// Since when no leg covers the shard (a gap is open), if one is.
+    pub gap_open_since: Option<DateTime<Utc>>,
     pub topic_count: usize,
     pub rejected_topics: Vec<SubscribedTopic>,
     /// Shortened channel id (never the full id: it is the socket's credential).
@@ -46,6 +85,9 @@ impl ShardStatus {
         Self {
             shard,
             phase: ShardPhase::Connecting,
+            redundancy: 1,
+            legs: Vec::new(),
+            gap_open_since: None,
             topic_count,
             rejected_topics: Vec::new(),
             channel: None,
@@ -160,6 +202,11 @@ impl Health {
 
     pub fn record_ack(&self, at_ms: i64) {
         self.last_ack_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Forgets a shard that no longer exists.
+    pub fn remove_shard(&self, shard: u32) {
+        self.lock().shards.retain(|s| s.shard != shard);
     }
 
     /// Runs `update` on one shard's status, creating it if needed.

@@ -20,6 +20,12 @@ pub struct ShardLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LegLabel {
+    pub shard: String,
+    pub leg: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -39,6 +45,11 @@ pub struct Metrics {
     pub events_failed: Family<ReasonLabel, Counter>,
     pub dead_letters: Family<ReasonLabel, Counter>,
     pub duplicates_suppressed: Counter,
+    pub duplicates_late: Counter,
+    pub leg_up: Family<LegLabel, Gauge>,
+    pub leg_losses: Family<ReasonLabel, Counter>,
+    pub channels_held: Gauge,
+    pub connects_throttled: Counter,
     pub delivery_latency: Histogram,
     pub reconnects: Family<ReasonLabel, Counter>,
     pub rollovers: Family<ReasonLabel, Counter>,
@@ -77,6 +88,11 @@ impl Metrics {
             events_failed: Family::default(),
             dead_letters: Family::default(),
             duplicates_suppressed: Counter::default(),
+            duplicates_late: Counter::default(),
+            leg_up: Family::default(),
+            leg_losses: Family::default(),
+            channels_held: Gauge::default(),
+            connects_throttled: Counter::default(),
             delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             reconnects: Family::default(),
             rollovers: Family::default(),
@@ -136,8 +152,33 @@ impl Metrics {
         );
         registry.register(
             "duplicates_suppressed",
-            "Events seen on two overlapping sockets and delivered once",
+            "Copies of an event that another socket of the shard (the other leg, or a rollover overlap) brought first; not delivered",
             metrics.duplicates_suppressed.clone(),
+        );
+        registry.register(
+            "duplicates_late",
+            "Copies delivered again because they came after the merge window or capacity had dropped their twin",
+            metrics.duplicates_late.clone(),
+        );
+        registry.register(
+            "leg_up",
+            "1 while a leg (one of a shard's redundant channels) has a socket that delivers frames, else 0",
+            metrics.leg_up.clone(),
+        );
+        registry.register(
+            "leg_losses",
+            "Sockets of a leg lost unplanned, by reason (a gap only when no other leg of the shard covered)",
+            metrics.leg_losses.clone(),
+        );
+        registry.register(
+            "channels_held",
+            "Notification channels held or being created (never above the channel budget)",
+            metrics.channels_held.clone(),
+        );
+        registry.register(
+            "connects_throttled",
+            "Connect attempts delayed by the per-leg connects-per-minute bound",
+            metrics.connects_throttled.clone(),
         );
         registry.register_with_unit(
             "delivery_latency",
@@ -295,6 +336,13 @@ impl Metrics {
     pub fn actor(actor: &str) -> ActorLabel {
         ActorLabel {
             actor: actor.to_string(),
+        }
+    }
+
+    pub fn leg(shard: u32, leg: usize) -> LegLabel {
+        LegLabel {
+            shard: shard.to_string(),
+            leg: leg.to_string(),
         }
     }
 

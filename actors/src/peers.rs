@@ -38,6 +38,12 @@ impl Peers {
         self.sockets().get(shard as usize).cloned()
     }
 
+    /// Forgets the slots of `shard` and every shard after it.
+    pub fn truncate_sockets(&self, shard: u32) {
+        let mut sockets = self.sockets.write().unwrap_or_else(|p| p.into_inner());
+        sockets.truncate(shard as usize);
+    }
+
     /// The slot for `shard`, created if the shard is new.
     pub fn socket_slot(&self, shard: u32) -> Slot<SocketActor> {
         let mut sockets = self.sockets.write().unwrap_or_else(|p| p.into_inner());

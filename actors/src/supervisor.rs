@@ -19,13 +19,14 @@ use crate::backoff::ExponentialBackoff;
 use crate::genesys::rest::GenesysClient;
 use crate::health::Health;
 use crate::heartbeat::HeartbeatActor;
-use crate::last_frames::LastFrames;
 use crate::messages::{AreYouAlive, Flush, InjectFault, StopReading, UpdateTopics};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::producer::{KafkaProducerActor, KafkaSettings};
+use crate::shard_state::ShardStates;
 use crate::slot::SlotError;
-use crate::socket::{SocketActor, SocketSettings};
+use crate::socket::budget::ChannelBudget;
+use crate::socket::{ShardContext, SocketActor, SocketSettings, StartKind};
 use crate::spool::Spool;
 use crate::token::{TokenCell, TokenRefreshActor, TokenSettings};
 use crate::topics::{assign_shards, expand, TopicTemplate};
@@ -49,7 +50,58 @@ pub struct TopicSettings {
     pub templates: Vec<TopicTemplate>,
     pub per_channel: usize,
     pub channel_budget: usize,
+    /// Legs (redundant channels) per shard: 1, 2, or `None` for 2 whenever it fits.
+    pub redundancy: Option<usize>,
     pub refresh_interval: Duration,
+}
+
+/// How many legs each shard gets and how many shards the budget allows with them.
+///
+/// Two legs need two channels per shard and no spare (a leg rolls over while the other covers);
+/// one leg needs one channel per shard plus one free slot for make-before-break rollovers.
+pub fn plan_legs(
+    needed_shards: usize,
+    channel_budget: usize,
+    redundancy: Option<usize>,
+) -> Result<(usize, usize), String> {
+    let fits = |legs: usize| {
+        if legs >= 2 {
+            needed_shards * 2 <= channel_budget
+        } else {
+            needed_shards < channel_budget
+        }
+    };
+    let max_shards = |legs: usize| {
+        if legs >= 2 {
+            channel_budget / 2
+        } else {
+            channel_budget.saturating_sub(1).max(1)
+        }
+    };
+    let legs = match redundancy {
+        Some(legs) => legs.clamp(1, 2),
+        None if fits(2) => 2,
+        None => {
+            if fits(1) {
+                tracing::warn!(
+                    shards = needed_shards,
+                    channel_budget,
+                    "the topic set needs too many channels for two legs per shard: streaming on one leg per shard, so a single socket fault costs the events of its detection window (narrow the topics to at most {} shards for redundancy)",
+                    channel_budget / 2
+                );
+            }
+            1
+        }
+    };
+    if !fits(legs) {
+        return Err(format!(
+            "{needed_shards} shards with {legs} leg(s) each need {} channels{}, but the channel budget is {channel_budget} (Genesys allows 20 per OAuth client; a 21st silently evicts the oldest): at most {} shards fit. Narrow the templates, lower socket.redundancy, or use a second OAuth client for a second bridge",
+            needed_shards * legs + usize::from(legs == 1),
+            if legs == 1 { " (one kept free for rollovers)" } else { "" },
+            max_shards(legs)
+        ));
+    }
+    Ok((legs, max_shards(legs)))
 }
 
 /// Everything the runtime needs.
@@ -125,8 +177,13 @@ pub struct Supervisor {
     expanding: bool,
     backfill_queue: Option<BackfillQueue>,
     backfill: Option<Addr<BackfillActor>>,
-    /// Last frame per shard of the previous run, taken by each shard's first start.
-    restart_gaps: std::collections::BTreeMap<u32, chrono::DateTime<Utc>>,
+    /// Every shard's durable state (last frame, open gap, drop span, waiting status records).
+    states: ShardStates,
+    budget: ChannelBudget,
+    /// Legs per shard, decided at the first topic expansion.
+    legs: Option<usize>,
+    /// Shards whose `UpdateTopics` was refused by a full mailbox: sent again on the next tick.
+    topic_updates_due: std::collections::BTreeSet<u32>,
 }
 
 impl Supervisor {
@@ -137,7 +194,8 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         backfill_queue: Option<BackfillQueue>,
     ) -> Self {
-        let restart_gaps = LastFrames::new(spool.dir()).load();
+        let states = ShardStates::open(spool.dir());
+        let budget = ChannelBudget::new(settings.topics.channel_budget);
         Self {
             settings,
             spool,
@@ -150,7 +208,10 @@ impl Supervisor {
             client: None,
             shutting_down: false,
             expanding: false,
-            restart_gaps,
+            states,
+            budget,
+            legs: None,
+            topic_updates_due: Default::default(),
             backfill_queue,
             backfill: None,
         }
@@ -214,21 +275,25 @@ impl Supervisor {
             ChildId::Socket(shard) => {
                 let topics = self.shards.get(shard as usize).cloned().unwrap_or_default();
                 let slot = self.peers.socket_slot(shard);
-                let backfill = self.backfill_queue.clone();
-                let restart_gap = self.restart_gaps.remove(&shard);
+                let start_kind = if self.children.contains_key(&id) {
+                    StartKind::ActorRestart
+                } else {
+                    StartKind::ProcessStart
+                };
+                let legs = self.legs.unwrap_or(1);
+                let context = ShardContext {
+                    settings: settings.socket.clone(),
+                    token,
+                    spool,
+                    peers,
+                    health,
+                    metrics,
+                    budget: self.budget.clone(),
+                    states: self.states.clone(),
+                    backfill: self.backfill_queue.clone(),
+                };
                 let addr = SocketActor::start_in_arbiter(&handle, move |_| {
-                    SocketActor::new(
-                        shard,
-                        topics,
-                        settings.socket.clone(),
-                        token,
-                        spool,
-                        peers,
-                        health,
-                        metrics,
-                        backfill,
-                    )
-                    .with_restart_gap(restart_gap)
+                    SocketActor::new(shard, topics, legs, start_kind, context)
                 });
                 slot.set(Some(addr));
             }
@@ -268,6 +333,9 @@ impl Supervisor {
     fn watch(&mut self, _ctx: &mut Context<Self>) {
         if self.shutting_down {
             return;
+        }
+        if !self.topic_updates_due.is_empty() {
+            self.send_topic_updates();
         }
         let now = Instant::now();
         let ids: Vec<ChildId> = self.children.keys().copied().collect();
@@ -382,22 +450,36 @@ impl Supervisor {
         _ctx: &mut Context<Self>,
     ) {
         let limits = &self.settings.topics;
-        let shards = match assign_shards(
-            &self.shards,
-            &topics,
-            limits.per_channel,
-            limits.channel_budget,
-        ) {
-            Ok(shards) => shards,
+        let needed = topics.len().div_ceil(limits.per_channel.max(1)).max(1);
+        let redundancy = self.legs.or(limits.redundancy);
+        let planned =
+            plan_legs(needed, limits.channel_budget, redundancy).and_then(|(legs, max)| {
+                assign_shards(&self.shards, &topics, limits.per_channel, max)
+                    .map(|shards| (legs, shards))
+                    .map_err(|error| error.to_string())
+            });
+        let (legs, shards) = match planned {
+            Ok(planned) => planned,
             Err(error) => {
                 tracing::error!(error = %error, "the topic set cannot be streamed");
                 if self.shards.is_empty() {
+                    eprintln!("the topic set cannot be streamed: {error}");
                     System::current().stop_with_code(EXIT_TOPICS);
                 }
                 // Keep streaming the current set rather than evicting our own channels.
                 return;
             }
         };
+        if self.legs.is_none() {
+            tracing::info!(
+                legs,
+                shards = shards.len(),
+                channels = shards.len() * legs,
+                channel_budget = limits.channel_budget,
+                "legs per shard"
+            );
+            self.legs = Some(legs);
+        }
         self.metrics.topics_subscribed.set(topics.len() as i64);
         self.health.lock().topics_expanded_at = Some(Utc::now());
         let first_time = self.shards.is_empty();
@@ -409,6 +491,13 @@ impl Supervisor {
             );
         }
         let old = std::mem::replace(&mut self.shards, shards);
+        // Shards that no longer exist stop, closing their channels (and free their slots).
+        for shard in self.shards.len() as u32..old.len() as u32 {
+            self.stop_shard(shard);
+        }
+        if old.len() > self.shards.len() {
+            self.peers.truncate_sockets(self.shards.len() as u32);
+        }
         for (index, topics) in self.shards.clone().into_iter().enumerate() {
             let shard = index as u32;
             let id = ChildId::Socket(shard);
@@ -419,11 +508,53 @@ impl Supervisor {
             }
             if old.get(index) != Some(&topics) {
                 tracing::info!(shard, topics = topics.len(), "shard topics changed");
-                if let Some(slot) = self.peers.socket(shard) {
-                    let _ = slot.try_send(UpdateTopics { topics }, &self.metrics);
-                }
+                self.topic_updates_due.insert(shard);
             }
         }
+        self.send_topic_updates();
+    }
+
+    /// Sends each shard whose topics changed its new set; a full mailbox is tried again on the
+    /// next watch tick.
+    fn send_topic_updates(&mut self) {
+        let due: Vec<u32> = self.topic_updates_due.iter().copied().collect();
+        for shard in due {
+            let Some(topics) = self.shards.get(shard as usize).cloned() else {
+                self.topic_updates_due.remove(&shard);
+                continue;
+            };
+            let sent = self.peers.socket(shard).is_some_and(|slot| {
+                slot.try_send(UpdateTopics { topics }, &self.metrics)
+                    .is_ok()
+            });
+            if sent {
+                self.topic_updates_due.remove(&shard);
+            }
+        }
+    }
+
+    /// Stops a shard that the topic set no longer needs.
+    fn stop_shard(&mut self, shard: u32) {
+        tracing::info!(shard, "shard no longer needed; closing its channels");
+        if let Some(child) = self.children.remove(&ChildId::Socket(shard)) {
+            if let Some(slot) = self.peers.socket(shard) {
+                if let Some(addr) = slot.get() {
+                    let arbiter = child.arbiter;
+                    actix_rt::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), addr.send(StopReading))
+                                .await;
+                        arbiter.stop();
+                    });
+                } else {
+                    child.arbiter.stop();
+                }
+                slot.set(None);
+            }
+        }
+        self.topic_updates_due.remove(&shard);
+        self.states.remove(shard);
+        self.health.remove_shard(shard);
     }
 }
 
@@ -453,17 +584,13 @@ impl Actor for Supervisor {
         let metrics = self.metrics.clone();
         let health = self.health.clone();
         let mut refusals_seen = 0;
-        let mut last_frames = LastFrames::new(self.spool.dir());
         ctx.run_interval(Duration::from_secs(1), move |_, _| {
             publish_spool_stats(&spool, &metrics, &health, &mut refusals_seen);
-            let frames = health
-                .lock()
-                .shards
-                .iter()
-                .filter_map(|s| s.last_frame_at.map(|at| (s.shard, at)))
-                .collect();
-            last_frames.save(frames);
         });
+        // Each shard's last frame time is kept on disk this often (a restart's gap starts at most
+        // this much before the real last frame); gaps and drops are written at once.
+        let states = self.states.clone();
+        ctx.run_interval(Duration::from_millis(200), move |_, _| states.save_or_log());
     }
 }
 
@@ -595,11 +722,13 @@ impl Handler<Shutdown> for Supervisor {
             .collect();
         let producer = self.peers.producer.get();
         let spool = self.spool.clone();
+        let states = self.states.clone();
         Box::pin(async move {
             for socket in sockets {
                 let left = msg.deadline.saturating_duration_since(Instant::now());
                 let _ = tokio::time::timeout(left, socket.send(StopReading)).await;
             }
+            states.save_or_log();
             let flushed = match producer {
                 Some(producer) => {
                     let left = msg.deadline.saturating_duration_since(Instant::now());
@@ -657,5 +786,28 @@ impl Handler<FaultActor> for Supervisor {
             },
         };
         sent.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_legs;
+
+    #[test]
+    fn legs_follow_the_budget_arithmetic() {
+        // Two legs whenever 2 x shards fit; otherwise one leg and one slot kept free.
+        assert_eq!(plan_legs(10, 20, None), Ok((2, 10)));
+        assert_eq!(plan_legs(11, 20, None), Ok((1, 19)));
+        assert_eq!(plan_legs(19, 20, None), Ok((1, 19)));
+        assert!(
+            plan_legs(20, 20, None).is_err(),
+            "no slot left for rollovers"
+        );
+        assert!(plan_legs(20, 20, Some(1)).is_err());
+        assert_eq!(plan_legs(19, 20, Some(1)), Ok((1, 19)));
+        let error = plan_legs(11, 20, Some(2)).unwrap_err();
+        assert!(error.contains("at most 10 shards"), "{error}");
+        assert_eq!(plan_legs(1, 2, None), Ok((2, 1)));
+        assert_eq!(plan_legs(1, 3, Some(1)), Ok((1, 2)));
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use genesys_actors::spool::{
-    AppendOutcome, DroppedSpan, Record, Spool, SpoolConfig, SpoolError, WhenFull,
+    AppendOutcome, DroppedSpan, Record, RecordKind, Spool, SpoolConfig, SpoolError, WhenFull,
     GAP_HEADROOM_BYTES,
 };
 
@@ -66,6 +66,19 @@ fn block_policy_refuses_events_but_keeps_room_for_gap_records() {
     assert_eq!(stats.next_seq, FITS + 1, "a refused append takes no seq");
     assert!(stats.bytes_on_disk <= spool.config().max_bytes);
 
+    // Malformed frames and backfill records may not: the headroom is the gap records' alone.
+    for kind in [RecordKind::Reserved(2), RecordKind::Reserved(3)] {
+        let record = Record {
+            kind,
+            shard: 0,
+            received_at_ms: 1_500,
+            payload: vec![b'm'; PAYLOAD].into(),
+        };
+        let error = spool
+            .append(&record)
+            .expect_err("a non-gap record does not use the headroom");
+        assert!(matches!(error, SpoolError::Full { .. }), "{error}");
+    }
     // Gap records may use the headroom.
     let gap = Record::gap(0, 2_000, &b"{\"gap\":\"socket down\"}"[..]);
     let outcome = spool.append(&gap).expect("gap fits in the headroom");

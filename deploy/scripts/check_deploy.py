@@ -453,6 +453,17 @@ def main() -> int:
     checks.expect(config("backfill-values.yaml").get("backfill") == wanted_backfill,
                   "backfill: every backfill value reaches [backfill] under its TOML key",
                   diff(wanted_backfill, config("backfill-values.yaml").get("backfill", {})))
+    wanted_socket = {"redundancy": 1, "ping_interval": "10s", "pong_timeout": "3s", "dead_after": "40s",
+                     "rollover_margin": "20m", "rollover_timeout": "45s", "min_rollover_interval": "10s",
+                     "stable_after": "1m", "max_connects_per_minute": 6, "max_frame_bytes": 8388608,
+                     "dedup_capacity": 50000, "dedup_window": "1m",
+                     "backoff": {"min": "1s", "max": "30s", "jitter": 0.25}}
+    checks.expect(config("single-leg-values.yaml").get("socket") == wanted_socket
+                  and config("single-leg-values.yaml").get("topics", {}).get("channel_budget") == 2,
+                  "single-leg: every socket value reaches [socket] under its TOML key (redundancy = 1, channel_budget = 2)",
+                  diff(wanted_socket, config("single-leg-values.yaml").get("socket", {})))
+    checks.expect("redundancy" not in default_config.get("socket", {}) and default_config.get("socket", {}).get("ping_interval") == "15s",
+                  "default: socket.redundancy unset (not rendered: the bridge derives it), ping_interval 15s")
     sasl_text = bridge_toml(sasl)[1] if bridge_toml(sasl) else ""
     result = run_check_config(args.bridge, sasl_text)
     checks.expect(result.returncode == EXIT_CONFIG and "properties_from_files" in result.stderr,
@@ -483,6 +494,11 @@ def main() -> int:
         ({"socket": {"pingInterval": "30 seconds"}}, "/socket/pingInterval", 'socket.pingInterval: "30 seconds"'),
         ({"genesys": {"region": "us-east-1"}}, "/genesys/region", 'genesys.region: "us-east-1" (not a region)'),
         ({"topics": {"channelBudget": 21}}, "/topics/channelBudget", "topics.channelBudget: 21"),
+        ({"topics": {"channelBudget": 1}}, "/topics/channelBudget", "topics.channelBudget: 1 (no free channel for a rollover)"),
+        ({"socket": {"redundancy": 3}}, "/socket/redundancy", "socket.redundancy: 3"),
+        ({"socket": {"redundancy": "2"}}, "/socket/redundancy", 'socket.redundancy: "2" (a string)'),
+        ({"socket": {"maxConnectsPerMinute": 0}}, "/socket/maxConnectsPerMinute", "socket.maxConnectsPerMinute: 0"),
+        ({"socket": {"pongTimeout": "0s"}}, "/socket/pongTimeout", 'socket.pongTimeout: "0s"'),
         ({"topics": {"explicit": ["v2.system.socket_closing"]}}, "/topics/explicit/0", "topics.explicit: v2.system.*"),
         ({"spool": {"whenFull": "drop-oldest"}}, "/spool/whenFull", "spool.whenFull: drop-oldest"),
         ({"persistence": {"size": "2GB"}}, "/persistence/size", 'persistence.size: "2GB"'),

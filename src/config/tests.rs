@@ -43,7 +43,12 @@ fn every_shipped_example_is_valid() {
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let config = parse(MINIMAL).unwrap();
-    assert_eq!(config.socket.ping_interval, Duration::from_secs(30));
+    assert_eq!(config.socket.ping_interval, Duration::from_secs(15));
+    assert!(
+        config.socket.ping_interval + config.socket.pong_timeout <= Duration::from_secs(20),
+        "a silent socket is replaced within 20 s by default"
+    );
+    assert_eq!(config.socket.redundancy, None, "two legs whenever they fit");
     assert_eq!(config.topics.per_channel, 1000);
     assert_eq!(config.topics.channel_budget, 20);
     assert_eq!(
@@ -78,6 +83,17 @@ fn relations_between_keys_are_checked() {
     assert!(parse(&text).is_err(), "duplicate table");
     let text = MINIMAL.replace("[topics]", "[topics]\nchannel_budget = 21");
     assert!(error_of(&text).starts_with("topics.channel_budget"));
+    let text = MINIMAL.replace("[topics]", "[topics]\nchannel_budget = 1");
+    assert!(
+        error_of(&text).starts_with("topics.channel_budget"),
+        "one leg needs a free slot for its rollovers"
+    );
+    for legs in ["0", "3"] {
+        let text = format!("{MINIMAL}\n[socket]\nredundancy = {legs}\n");
+        assert!(error_of(&text).starts_with("socket.redundancy"), "{legs}");
+    }
+    let text = format!("{MINIMAL}\n[socket]\nmax_connects_per_minute = 0\n");
+    assert!(error_of(&text).starts_with("socket.max_connects_per_minute"));
     let text = MINIMAL.replace(
         "explicit = [\"v2.routing.queues.q1.conversations\"]",
         "templates = [{ template = \"v2.routing.{id}\" }]",

@@ -182,7 +182,7 @@ pub fn consume_all(brokers: &str, topics: &[&str]) -> Vec<KafkaRecord> {
         return records;
     }
     consumer.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while (records.len() as i64) < expected && Instant::now() < deadline {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;

@@ -301,3 +301,187 @@ pub const TEST_TOPICS: [&str; 5] = [
     "user-conversations",
     "queue-conversations",
 ];
+
+/// The topics the test configs' templates subscribe: every queue's and user's conversations.
+pub fn conversation_topics(sim: &genesys_sim::SimHandle) -> std::collections::HashSet<String> {
+    sim.queue_ids()
+        .iter()
+        .map(|id| format!("v2.routing.queues.{id}.conversations"))
+        .chain(
+            sim.user_ids()
+                .iter()
+                .map(|id| format!("v2.users.{id}.conversations")),
+        )
+        .collect()
+}
+
+/// The Kafka topics the conversation topics are routed to by [`test_config`].
+pub const CONVERSATION_KAFKA_TOPICS: [&str; 2] = ["user-conversations", "queue-conversations"];
+
+/// The published log (ground truth, independent of subscriptions) against Kafka.
+pub struct Reconciled {
+    /// Events published on the subscribed topics since the start seq.
+    pub expected: usize,
+    /// Of those, not in Kafka.
+    pub missing: Vec<genesys_sim::PublishedEntry>,
+    /// Records in Kafka beyond what was published (a frame more often than it was published).
+    pub duplicated: usize,
+}
+
+/// Compares every event published on `topics` with seq ≥ `from_seq` with what Kafka holds.
+pub fn reconcile(
+    sim: &genesys_sim::SimHandle,
+    kafka: &Tansu,
+    from_seq: u64,
+    topics: &std::collections::HashSet<String>,
+) -> Reconciled {
+    use std::collections::HashMap;
+    let published = sim.published();
+    let mut published_all: HashMap<&str, usize> = HashMap::new();
+    for entry in published.iter().filter(|e| topics.contains(&e.topic)) {
+        *published_all.entry(&*entry.frame).or_default() += 1;
+    }
+    let records = consume_all(&kafka.brokers(), &CONVERSATION_KAFKA_TOPICS);
+    let mut in_kafka: HashMap<&str, usize> = HashMap::new();
+    for record in &records {
+        *in_kafka.entry(record.value.as_str()).or_default() += 1;
+    }
+    let since: Vec<&genesys_sim::PublishedEntry> = published
+        .iter()
+        .filter(|e| e.seq >= from_seq && topics.contains(&e.topic))
+        .collect();
+    // The n-th copy of a frame published n times is missing if Kafka has fewer.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for entry in published
+        .iter()
+        .filter(|e| e.seq < from_seq && topics.contains(&e.topic))
+    {
+        *seen.entry(&entry.frame).or_default() += 1;
+    }
+    let mut missing = Vec::new();
+    for entry in &since {
+        let nth = seen.entry(&entry.frame).or_default();
+        *nth += 1;
+        if in_kafka.get(&*entry.frame).copied().unwrap_or(0) < *nth {
+            missing.push((*entry).clone());
+        }
+    }
+    let duplicated = in_kafka
+        .iter()
+        .map(|(frame, n)| n.saturating_sub(published_all.get(frame).copied().unwrap_or(0)))
+        .sum();
+    Reconciled {
+        expected: since.len(),
+        missing,
+        duplicated,
+    }
+}
+
+/// Stops new conversations, waits until the model published nothing for a while (running
+/// conversations end), then until Kafka holds at least as many conversation records as were
+/// published since `from_seq` (or `timeout`). Returns the seq after the last published event.
+pub fn finish_traffic(
+    sim: &genesys_sim::SimHandle,
+    kafka: &Tansu,
+    from_seq: u64,
+    topics: &std::collections::HashSet<String>,
+    timeout: Duration,
+) {
+    sim.set_rate(0.0);
+    let mut last = usize::MAX;
+    let mut quiet_since = Instant::now();
+    wait_until("the model is quiet", timeout, || {
+        let now = sim.published_count(|_| true);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        quiet_since.elapsed() > Duration::from_secs(3)
+    });
+    let expected = sim.published_count(|e| e.seq >= from_seq && topics.contains(&e.topic));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if consume_all(&kafka.brokers(), &CONVERSATION_KAFKA_TOPICS).len() >= expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The seq the next published event gets.
+pub fn next_published_seq(sim: &genesys_sim::SimHandle) -> u64 {
+    sim.published().last().map(|e| e.seq + 1).unwrap_or(0)
+}
+
+/// Gap records on the status topic: (shard, start ms, end ms, reason).
+pub fn gap_records(kafka: &Tansu) -> Vec<(u64, i64, i64, String)> {
+    consume_all(&kafka.brokers(), &["status"])
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value).ok())
+        .filter(|v| v["type"] == "gap")
+        .map(|v| {
+            let ms = |key: &str| {
+                v[key]
+                    .as_str()
+                    .unwrap()
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .unwrap()
+                    .timestamp_millis()
+            };
+            (
+                v["shard"].as_u64().unwrap(),
+                ms("gap_start"),
+                ms("gap_end"),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every shard of the bridge has `legs` legs streaming.
+pub fn wait_legs_streaming(bridge: &Bridge, shards: usize, legs: usize, timeout: Duration) {
+    wait_until(
+        &format!("{shards} shard(s) with {legs} leg(s) streaming"),
+        timeout,
+        || {
+            let status = bridge.status();
+            let Some(all) = status["shards"].as_array() else {
+                return false;
+            };
+            all.len() == shards
+                && all.iter().all(|shard| {
+                    shard["legs"].as_array().is_some_and(|l| {
+                        l.len() == legs && l.iter().all(|leg| leg["phase"] == "streaming")
+                    })
+                })
+        },
+    );
+}
+
+/// `[topics]` and `[socket]` of the legs and gap tests: queue and user conversation topics, fast
+/// pings and timeouts.
+pub const LEG_TEST_EXTRA: &str = r#"
+[topics]
+templates = [
+  { template = "v2.routing.queues.{id}.conversations" },
+  { template = "v2.users.{id}.conversations" },
+]
+[socket]
+ping_interval = "1s"
+pong_timeout = "1s"
+dead_after = "6s"
+rollover_margin = "2500ms"
+rollover_timeout = "5s"
+min_rollover_interval = "500ms"
+stable_after = "2s"
+backoff = { min = "100ms", max = "1s", jitter = 0.2 }
+"#;
+
+/// The simulator of the legs and gap tests: 8 conversations a second, a heartbeat a second.
+pub fn leg_test_sim() -> genesys_sim::SimConfig {
+    genesys_sim::SimConfig {
+        rate_per_sec: 8.0,
+        heartbeat_interval: Duration::from_secs(1),
+        ..genesys_sim::SimConfig::default()
+    }
+}

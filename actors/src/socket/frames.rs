@@ -7,7 +7,9 @@ use awc::ws;
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 
-use super::{dedup, SocketActor};
+use super::lifecycle::Place;
+use super::merge::{self, Verdict};
+use super::SocketActor;
 use crate::genesys::wire::{classify_frame, FrameKind};
 use crate::metrics::Metrics;
 use crate::spool::{Record, RecordKind};
@@ -18,7 +20,7 @@ pub const MALFORMED: RecordKind = RecordKind::Reserved(2);
 
 impl SocketActor {
     pub(super) fn on_frame(&mut self, conn_id: u64, frame: ws::Frame, ctx: &mut Context<Self>) {
-        if !self.is_live(conn_id) {
+        if self.place(conn_id).is_none() {
             return; // a closed connection's last words
         }
         match frame {
@@ -32,10 +34,10 @@ impl SocketActor {
             }
             ws::Frame::Pong(_) => {}
             ws::Frame::Close(reason) => {
-                if self.is_current(conn_id) {
-                    tracing::info!(shard = self.shard, ?reason, "server closed the socket");
-                } else {
+                if matches!(self.place(conn_id), Some(Place::Draining(_))) {
                     tracing::debug!(shard = self.shard, ?reason, "replaced socket closed");
+                } else {
+                    tracing::info!(shard = self.shard, ?reason, "server closed the socket");
                 }
                 if let Some(conn) = self.conn_mut(conn_id) {
                     let _ = conn.sink.write(ws::Message::Close(reason));
@@ -85,12 +87,29 @@ impl SocketActor {
 
     fn on_message(&mut self, conn_id: u64, data: Bytes, is_text: bool, ctx: &mut Context<Self>) {
         let now = Utc::now();
-        self.last_frame_wall = Some(now);
-        if self.is_current(conn_id) {
-            self.last_sign_of_life = Some(Instant::now());
+        let now_ms = now.timestamp_millis();
+        let seen_at = Instant::now();
+        let Some(conn) = self.conn_mut(conn_id) else {
+            return;
+        };
+        conn.last_frame_at = seen_at;
+        let ping_timer = conn.ping_timer.take();
+        let first = !conn.first_frame_seen;
+        conn.first_frame_seen = true;
+        let covering = conn.covering;
+        // The first frame proves the socket worked since it connected: it covers from then.
+        let connected_ms = conn.created_at.timestamp_millis();
+        if let Some(timer) = ping_timer {
+            ctx.cancel_future(timer);
         }
-        self.on_first_frame(conn_id, ctx);
-        self.report_seen(false);
+        if first && covering {
+            self.lane_started(conn_id, connected_ms, ctx);
+        }
+        if first {
+            self.on_first_frame(conn_id, ctx);
+        }
+        self.last_frame_wall = Some(now);
+        self.report_seen(seen_at, false);
         let kind = if is_text {
             classify_frame(&data)
         } else {
@@ -113,9 +132,15 @@ impl SocketActor {
             .get_or_create(&Metrics::kind(label))
             .inc();
         match kind {
-            Ok(FrameKind::Heartbeat | FrameKind::Pong | FrameKind::Metadata) => {}
-            Ok(FrameKind::SocketClosing) => self.on_doomed(conn_id, "socket_closing", ctx),
+            Ok(FrameKind::Heartbeat | FrameKind::Pong | FrameKind::Metadata) => {
+                self.frame_handled(conn_id, now_ms);
+            }
+            Ok(FrameKind::SocketClosing) => {
+                self.frame_handled(conn_id, now_ms);
+                self.on_doomed(conn_id, "socket_closing", ctx);
+            }
             Ok(FrameKind::ChannelInvalidated(topic)) => {
+                self.frame_handled(conn_id, now_ms);
                 let reason = if topic.contains("token_revoked") {
                     "token_revoked"
                 } else {
@@ -124,69 +149,111 @@ impl SocketActor {
                 self.on_doomed(conn_id, reason, ctx);
             }
             Ok(FrameKind::OtherSystem(topic)) => {
+                self.frame_handled(conn_id, now_ms);
                 tracing::info!(shard = self.shard, topic = %topic, "system message");
             }
             Ok(FrameKind::Event) => {
                 self.health
                     .shard(self.shard, |s| s.last_event_at = Some(now));
-                self.deliver(conn_id, data, now.timestamp_millis(), ctx);
+                self.deliver(conn_id, data, now_ms, ctx);
             }
             Err(error) => {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
-                // destination, where it can be inspected.
+                // destination, where it can be inspected (once, if both legs brought it).
+                if self.merge.needed(&self.attached) {
+                    let identity = merge::raw_identity(&data);
+                    let verdict =
+                        self.merge
+                            .offer(identity, conn_id, &self.attached, Instant::now());
+                    if verdict == Verdict::Duplicate {
+                        self.metrics.duplicates_suppressed.inc();
+                        self.frame_handled(conn_id, now_ms);
+                        return;
+                    }
+                }
                 self.metrics.frames_malformed.inc();
                 tracing::warn!(shard = self.shard, error = %error, bytes = data.len(), "malformed frame; dead-lettering it");
                 let record = Record {
                     kind: MALFORMED,
                     shard: self.shard,
-                    received_at_ms: now.timestamp_millis(),
+                    received_at_ms: now_ms,
                     payload: data,
                 };
-                self.append(record, ctx);
+                if self.append(record, ctx) {
+                    self.frame_handled(conn_id, now_ms);
+                }
             }
         }
     }
 
+    /// A frame of `conn_id` is dealt with (durably, for an event): the socket covered the shard
+    /// until `at_ms`, and a restart's gap would start there.
+    fn frame_handled(&mut self, conn_id: u64, at_ms: i64) {
+        if let Some(conn) = self.conn_mut(conn_id) {
+            conn.last_frame_ms = at_ms;
+        }
+        self.cell.note_frame(at_ms);
+    }
+
     /// The server announced the end of this connection's channel (`socket_closing`,
-    /// `token_revoked`, `no_longer_subscribed`). The current socket rolls over at once; a rollover
-    /// candidate remembers it and rolls over again as soon as it is promoted; a replaced socket
-    /// needs nothing.
+    /// `token_revoked`, `no_longer_subscribed`). A leg's current socket rolls over at once; a
+    /// rollover candidate remembers it and rolls over again as soon as it is promoted; a
+    /// replaced socket needs nothing. A revoked or unsubscribed channel delivers nothing from
+    /// this moment, so its coverage ends now; `socket_closing` leaves about a minute.
     fn on_doomed(&mut self, conn_id: u64, reason: &'static str, ctx: &mut Context<Self>) {
-        if self.is_current(conn_id) {
-            tracing::info!(shard = self.shard, reason, "channel ending; rolling over");
-            if let Some(current) = self.current.as_mut() {
-                // Never reconnect to this channel: it is closing, or lost its subscriptions.
-                current.doomed = Some(reason);
-            }
-            if reason != "socket_closing" && self.gap.is_none() {
-                // A revoked or unsubscribed channel delivers nothing more from this moment,
-                // while socket_closing leaves about a minute to roll over without a gap.
-                self.gap = Some(super::OpenGap {
-                    since: chrono::Utc::now(),
+        let Some(conn) = self.conn_mut(conn_id) else {
+            return;
+        };
+        conn.doomed = Some(reason);
+        let last_ms = conn.last_frame_ms;
+        if reason != "socket_closing" && conn.covering {
+            conn.covering = false;
+            self.lane_ended(conn_id, last_ms, reason, ctx);
+        }
+        match self.place(conn_id) {
+            Some(Place::Current(leg)) => {
+                tracing::info!(
+                    shard = self.shard,
+                    leg,
                     reason,
-                });
+                    "channel ending; rolling over"
+                );
+                self.request_rollover(leg, reason, ctx);
             }
-            self.start_rollover(reason, ctx);
-        } else if let Some(next) = self.next.as_mut().filter(|c| c.id == conn_id) {
-            tracing::info!(
-                shard = self.shard,
-                reason,
-                "rollover channel ending too; will roll over again"
-            );
-            next.doomed = Some(reason);
+            Some(Place::Next(leg)) => {
+                tracing::info!(
+                    shard = self.shard,
+                    leg,
+                    reason,
+                    "rollover channel ending too; will roll over again"
+                );
+            }
+            _ => {}
         }
     }
 
     fn deliver(&mut self, conn_id: u64, data: Bytes, received_at_ms: i64, ctx: &mut Context<Self>) {
-        if self.dedup.is_active() {
-            if let Some(identity) = dedup::event_identity(&data) {
-                if self.dedup.is_duplicate(identity, conn_id, Instant::now()) {
-                    self.metrics.duplicates_suppressed.inc();
-                    return;
+        if self.merge.needed(&self.attached) {
+            if let Some(identity) = merge::event_identity(&data) {
+                match self
+                    .merge
+                    .offer(identity, conn_id, &self.attached, Instant::now())
+                {
+                    Verdict::Deliver => {}
+                    Verdict::Duplicate => {
+                        self.metrics.duplicates_suppressed.inc();
+                        self.frame_handled(conn_id, received_at_ms);
+                        return;
+                    }
+                    Verdict::LateDuplicate => {
+                        self.metrics.duplicates_late.inc();
+                    }
                 }
             }
         }
         let record = Record::event(self.shard, received_at_ms, data);
-        self.append(record, ctx);
+        if self.append(record, ctx) {
+            self.frame_handled(conn_id, received_at_ms);
+        }
     }
 }

@@ -3,17 +3,31 @@
 //! The socket reader never waits on Kafka: a frame goes straight into the durable spool (a
 //! buffered file write) and the producer picks it up from there on its own thread.
 //!
-//! Connections: `current` streams; during a make-before-break rollover `next` is a second
-//! channel, subscribed and connected, that replaces `current` as soon as it shows its first
-//! frame (a ping is sent at once to provoke a pong). Events seen on both are delivered once
-//! ([`dedup`]). An unplanned loss of `current` opens a gap that the first frame of its
-//! successor closes; the gap is written to the spool as a status record.
+//! **Legs.** A shard streams on `legs` (1 or 2) channels with the same topics, each with its own
+//! socket and its own watchdog (a `{"message":"ping"}` unanswered within `pong_timeout` ends
+//! it). Genesys fans every event out to every subscribed channel, so with two legs a single
+//! socket fault loses nothing: the [`merge`] delivers each event once, from whichever leg brings
+//! it first.
+//!
+//! **Rollovers** (`socket_closing`, channel expiry, token refresh, topic change) replace one leg
+//! at a time: with another leg streaming, the old socket is retired and the leg reconnects on a
+//! new channel while the other covers, so no spare channel is needed; otherwise a leg rolls over
+//! make-before-break onto a second channel (`next`) that takes over at its first frame. Every
+//! channel needs a permit of the [`budget`] first.
+//!
+//! **Gaps** are decided in one place, [`coverage`]: an interval in which no socket of the shard
+//! covered it. What a restart must not forget (last frame, the open gap, drop spans, status
+//! records not yet written) is [`ShardCell`](crate::shard_state::ShardCell) state, kept on disk.
 
+pub mod budget;
 pub mod conn;
-pub mod dedup;
+pub mod coverage;
 pub mod frames;
+mod gaps;
 mod lifecycle;
+pub mod merge;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +43,16 @@ use crate::backfill::queue::BackfillQueue;
 use crate::backoff::ExponentialBackoff;
 use crate::genesys::rest::GenesysClient;
 use crate::genesys::wire::{Channel, SubscribedTopic};
-use crate::health::Health;
+use crate::health::{Health, LegStatus, ShardPhase};
 use crate::messages::*;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
+use crate::shard_state::{ShardCell, ShardStates};
 use crate::spool::Spool;
 use crate::token::TokenCell;
+
+use budget::{ChannelBudget, ChannelPermit};
+use coverage::{Coverage, OpenGap};
 
 /// Timing and limits of a shard's sockets.
 #[derive(Debug, Clone)]
@@ -42,57 +60,152 @@ pub struct SocketSettings {
     pub endpoints: crate::genesys::endpoints::Endpoints,
     /// Send `{"message":"ping"}` this often (the HeartbeatActor's tick).
     pub ping_interval: Duration,
-    /// A socket with no heartbeat, pong or event for this long is replaced.
+    /// A socket that shows no frame within this time after a ping is dead.
+    pub pong_timeout: Duration,
+    /// A shard with no heartbeat, pong or event on any socket for this long is replaced (the
+    /// HeartbeatActor's verdict; also catches a hung actor).
     pub dead_after: Duration,
-    /// Roll over to a new channel this long before the current one expires.
+    /// Roll over to a new channel this long before the current one expires (at most a quarter
+    /// of the channel's lifetime).
     pub rollover_margin: Duration,
     /// Give up on a rollover candidate that shows no frame within this time.
     pub rollover_timeout: Duration,
+    /// Planned rollovers of one leg are at least this far apart.
+    pub min_rollover_interval: Duration,
+    /// A socket that lived this long proved stable: the reconnect backoff starts over.
+    pub stable_after: Duration,
+    /// Connect attempts per leg and minute, at most.
+    pub max_connects_per_minute: u32,
+    /// Token-refresh rollovers of all shards are spread over this long.
+    pub token_rollover_spread: Duration,
     /// Largest frame accepted (a larger one is a protocol error that costs the socket).
     pub max_frame_bytes: usize,
     pub request_timeout: Duration,
     pub backoff: ExponentialBackoff,
-    /// Events remembered for deduplication during a rollover overlap.
+    /// Events the merge remembers while waiting for their copy from another socket.
     pub dedup_capacity: usize,
-    /// How long after a rollover the dedup table is kept.
+    /// How long the merge waits for an event's copy from another socket.
     pub dedup_window: Duration,
     pub allow_fault_injection: bool,
 }
 
 type WsSink = SinkWrite<ws::Message, SplitSink<Framed<BoxedSocket, ws::Codec>, ws::Message>>;
 
-/// One live WebSocket on one channel.
+/// One WebSocket on one channel: a *lane* of the shard's coverage.
 struct Conn {
     id: u64,
+    leg: usize,
     channel: Channel,
     rejected: Vec<SubscribedTopic>,
     created_at: DateTime<Utc>,
+    connected_at: Instant,
     token_generation: u64,
     sink: WsSink,
     stream: SpawnHandle,
+    /// Its first frame arrived (it covers the shard from then on).
     first_frame_seen: bool,
-    /// The server announced this channel's end (the reason), while it was a rollover candidate.
+    /// Whether its frames count as coverage (not after `token_revoked`/`no_longer_subscribed`).
+    covering: bool,
+    /// The last frame handled, epoch ms, and when (monotonic).
+    last_frame_ms: i64,
+    last_frame_at: Instant,
+    /// The server announced this channel's end (the reason).
     doomed: Option<&'static str>,
     /// A fragmented message being reassembled: (is text, bytes so far).
     partial: Option<(bool, bytes::BytesMut)>,
+    /// A ping awaiting its answer: the pong-timeout timer.
+    ping_timer: Option<SpawnHandle>,
+    /// This channel's slot in the channel budget.
+    permit: Option<ChannelPermit>,
 }
 
 /// What an attempt to get onto a channel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Establishing {
-    /// Getting `current` back (first start or after a loss).
+    /// Getting the leg's `current` (first start, after a loss, or a break-before-make rollover).
     Primary,
-    /// Getting `next` for a rollover, with its trigger.
+    /// Getting the leg's `next` for a make-before-break rollover, with its trigger.
     Rollover(&'static str),
 }
 
-/// An open gap: no live socket since `since` (the last frame before the loss).
-struct OpenGap {
-    since: DateTime<Utc>,
-    reason: &'static str,
+/// A channel to reconnect to after an unplanned drop (still subscribed, not expiring).
+struct Reusable {
+    channel: Channel,
+    rejected: Vec<SubscribedTopic>,
+    permit: ChannelPermit,
 }
 
-/// Tagged stream items, so that two connections can feed one actor.
+/// One leg: its sockets, timers and counters.
+struct Leg {
+    index: usize,
+    current: Option<Conn>,
+    next: Option<Conn>,
+    pending: Option<Establishing>,
+    /// Consecutive failures, for the backoff (reset once a socket proved stable).
+    failures: u32,
+    rollover_failures: u32,
+    retry_timer: Option<SpawnHandle>,
+    rollover_retry: Option<SpawnHandle>,
+    rollover_deadline: Option<SpawnHandle>,
+    expiry_timer: Option<SpawnHandle>,
+    /// The rollover in progress (until the new socket's first frame), for metrics.
+    rollover_trigger: Option<&'static str>,
+    /// A rollover waiting for its turn (the other leg in transition, the floor, an attempt in
+    /// flight).
+    wanted: Option<&'static str>,
+    reusable: Option<Reusable>,
+    last_rollover: Option<Instant>,
+    /// Connect attempts within the last minute.
+    connect_times: VecDeque<Instant>,
+    status: LegStatus,
+}
+
+impl Leg {
+    fn new(index: usize) -> Self {
+        Self {
+            index,
+            current: None,
+            next: None,
+            pending: None,
+            failures: 0,
+            rollover_failures: 0,
+            retry_timer: None,
+            rollover_retry: None,
+            rollover_deadline: None,
+            expiry_timer: None,
+            rollover_trigger: None,
+            wanted: None,
+            reusable: None,
+            last_rollover: None,
+            connect_times: VecDeque::new(),
+            status: LegStatus::new(index),
+        }
+    }
+
+    /// Streaming: a current socket that delivered its first frame, nothing being replaced.
+    fn streaming(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.first_frame_seen && c.covering && c.doomed.is_none())
+            && self.pending.is_none()
+            && self.next.is_none()
+            && self.rollover_trigger.is_none()
+    }
+
+    fn timers(&mut self) -> Vec<SpawnHandle> {
+        [
+            self.retry_timer.take(),
+            self.rollover_retry.take(),
+            self.rollover_deadline.take(),
+            self.expiry_timer.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// Tagged stream items, so that several connections can feed one actor.
 pub(crate) enum ConnItem {
     Frame(u64, Result<ws::Frame, actix_http::ws::ProtocolError>),
     Ended(u64),
@@ -100,6 +213,29 @@ pub(crate) enum ConnItem {
 
 impl Message for ConnItem {
     type Result = ();
+}
+
+/// Why a shard starts with a gap open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// The process started: an earlier run's last frame opens a `restart` gap.
+    ProcessStart,
+    /// The supervisor restarted this actor: its predecessor's sockets are gone.
+    ActorRestart,
+}
+
+/// Everything a SocketActor is started with.
+#[derive(Clone)]
+pub struct ShardContext {
+    pub settings: Arc<SocketSettings>,
+    pub token: TokenCell,
+    pub spool: Spool,
+    pub peers: Peers,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub budget: ChannelBudget,
+    pub states: ShardStates,
+    pub backfill: Option<BackfillQueue>,
 }
 
 pub struct SocketActor {
@@ -112,102 +248,93 @@ pub struct SocketActor {
     peers: Peers,
     health: Health,
     metrics: Arc<Metrics>,
+    budget: ChannelBudget,
+    states: ShardStates,
+    cell: Arc<ShardCell>,
+    start_kind: StartKind,
     next_conn_id: u64,
-    current: Option<Conn>,
-    next: Option<Conn>,
+    legs: Vec<Leg>,
     /// Replaced sockets still delivering what was on the wire before their close.
     draining: Vec<Conn>,
-    /// An attempt to get `current` is in flight.
-    primary_pending: bool,
-    /// An attempt to get `next` is in flight.
-    rollover_pending: bool,
-    /// Consecutive failures, for the backoff.
-    failures: u32,
-    rollover_failures: u32,
-    gap: Option<OpenGap>,
+    /// Ids of every attached socket (legs' current and next, draining), for the merge.
+    attached: Vec<u64>,
+    coverage: Coverage,
+    merge: merge::Merge,
+    stopping: bool,
+    /// Reading paused (spool full under `block`, or a spool I/O error).
+    paused: bool,
     last_frame_wall: Option<DateTime<Utc>>,
     last_seen_report: Option<Instant>,
-    /// The last frame on the current socket, or when it connected.
-    last_sign_of_life: Option<Instant>,
-    dedup: dedup::Dedup,
-    expiry_timer: Option<SpawnHandle>,
-    rollover_deadline: Option<SpawnHandle>,
-    retry_timer: Option<SpawnHandle>,
-    rollover_retry: Option<SpawnHandle>,
-    stopping: bool,
-    /// What started the rollover in progress, for metrics.
-    rollover_trigger: Option<&'static str>,
-    /// The channel to reconnect to after an unplanned drop (still subscribed, not expiring).
-    reusable: Option<(Channel, Vec<SubscribedTopic>)>,
-    /// A frame that found the spool full under the `block` policy, kept until there is room.
-    held_frame: Option<crate::spool::Record>,
+    /// The shard's drop span holds events not yet reported.
+    drop_pending: bool,
+    /// A retry of status records the spool refused.
+    status_retry: Option<SpawnHandle>,
     /// Where closed gaps go to be filled from the analytics API (when backfill is enabled).
     backfill: Option<BackfillQueue>,
 }
 
 impl SocketActor {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shard: u32,
         topics: Vec<String>,
-        settings: Arc<SocketSettings>,
-        token: TokenCell,
-        spool: Spool,
-        peers: Peers,
-        health: Health,
-        metrics: Arc<Metrics>,
-        backfill: Option<BackfillQueue>,
+        legs: usize,
+        start_kind: StartKind,
+        context: ShardContext,
     ) -> Self {
+        let ShardContext {
+            settings,
+            token,
+            spool,
+            peers,
+            health,
+            metrics,
+            budget,
+            states,
+            backfill,
+        } = context;
         let client = GenesysClient::new(settings.endpoints.clone(), settings.request_timeout);
-        let dedup = dedup::Dedup::new(settings.dedup_capacity, settings.dedup_window);
+        let merge = merge::Merge::new(settings.dedup_capacity, settings.dedup_window);
+        let cell = states.cell(shard);
         Self {
             shard,
             topics,
-            settings,
             client,
             token,
             spool,
             peers,
             health,
             metrics,
+            budget,
+            states,
+            cell,
+            start_kind,
             next_conn_id: 1,
-            current: None,
-            next: None,
+            legs: (0..legs.clamp(1, 2)).map(Leg::new).collect(),
             draining: Vec::new(),
-            primary_pending: false,
-            rollover_pending: false,
-            failures: 0,
-            rollover_failures: 0,
-            gap: None,
+            attached: Vec::new(),
+            coverage: Coverage::default(),
+            merge,
+            stopping: false,
+            paused: false,
             last_frame_wall: None,
             last_seen_report: None,
-            last_sign_of_life: None,
-            dedup,
-            expiry_timer: None,
-            rollover_deadline: None,
-            retry_timer: None,
-            rollover_retry: None,
-            stopping: false,
-            rollover_trigger: None,
-            reusable: None,
-            held_frame: None,
+            drop_pending: false,
+            status_retry: None,
             backfill,
+            settings,
         }
     }
 
-    /// Tells the heartbeat watchdog when the live socket last showed a sign of life.
+    /// Tells the heartbeat watchdog when the shard last showed a sign of life (any socket).
     /// Coalesced: at most one report per quarter ping interval unless `force`d.
-    fn report_seen(&mut self, force: bool) {
+    fn report_seen(&mut self, at: Instant, force: bool) {
         let now = Instant::now();
         let due = self
             .last_seen_report
-            .is_none_or(|at| now.duration_since(at) >= self.settings.ping_interval / 4);
+            .is_none_or(|last| now.duration_since(last) >= self.settings.ping_interval / 4);
         if !(due || force) {
             return;
         }
-        let Some(at) = self.last_sign_of_life else {
-            return;
-        };
         self.last_seen_report = Some(now);
         // Refused when full: harmless, the next report carries the same news.
         let _ = self.peers.heartbeat.try_send(
@@ -217,24 +344,70 @@ impl SocketActor {
             },
             &self.metrics,
         );
-        let last_frame = self.last_frame_wall;
-        self.health.shard(self.shard, |status| {
-            status.last_frame_at = last_frame;
-        });
+        self.publish_health();
     }
-}
 
-impl SocketActor {
-    /// The previous run of the bridge last received a frame on this shard at `since`: the
-    /// first frame of this run closes that gap (reason `restart`).
-    pub fn with_restart_gap(mut self, since: Option<DateTime<Utc>>) -> Self {
-        if let Some(since) = since {
-            self.gap = Some(OpenGap {
-                since,
-                reason: "restart",
-            });
+    /// Writes the legs' state to `/status` and the metrics (on changes, not per frame).
+    fn publish_health(&mut self) {
+        let last_frame = self.last_frame_wall;
+        let mut legs = Vec::with_capacity(self.legs.len());
+        for leg in &mut self.legs {
+            let up = leg
+                .current
+                .as_ref()
+                .is_some_and(|c| c.first_frame_seen && c.covering);
+            leg.status.phase = if self.paused || self.stopping {
+                ShardPhase::Paused
+            } else if up {
+                ShardPhase::Streaming
+            } else if leg.pending.is_some() {
+                ShardPhase::Connecting
+            } else {
+                ShardPhase::Backoff
+            };
+            if let Some(conn) = leg.current.as_ref() {
+                let at = chrono::DateTime::from_timestamp_millis(conn.last_frame_ms);
+                leg.status.last_frame_at = at.filter(|_| conn.first_frame_seen);
+            }
+            self.metrics
+                .leg_up
+                .get_or_create(&Metrics::leg(self.shard, leg.index))
+                .set(i64::from(up));
+            legs.push(leg.status.clone());
         }
-        self
+        self.metrics.channels_held.set(self.budget.held() as i64);
+        let phase = if self.paused || self.stopping {
+            ShardPhase::Paused
+        } else if legs.iter().any(|l| l.phase == ShardPhase::Streaming) {
+            ShardPhase::Streaming
+        } else if legs.iter().any(|l| l.phase == ShardPhase::Connecting) {
+            ShardPhase::Connecting
+        } else {
+            ShardPhase::Backoff
+        };
+        let gap_since = self
+            .coverage
+            .open_gap()
+            .and_then(|g| chrono::DateTime::from_timestamp_millis(g.since_ms));
+        let first = legs.first().cloned();
+        let redundancy = self.legs.len();
+        self.health.shard(self.shard, |status| {
+            status.phase = phase;
+            status.redundancy = redundancy;
+            status.gap_open_since = gap_since;
+            if let Some(first) = first {
+                status.channel = first.channel.clone();
+                status.channel_created_at = first.channel_created_at;
+                status.channel_expires_at = first.channel_expires_at;
+                status.last_error = first.last_error.clone();
+            }
+            status.connects = legs.iter().map(|l| l.connects).sum();
+            status.rollovers = legs.iter().map(|l| l.rollovers).sum();
+            if last_frame.is_some() {
+                status.last_frame_at = last_frame;
+            }
+            status.legs = legs;
+        });
     }
 }
 
@@ -249,7 +422,16 @@ impl Actor for SocketActor {
         self.health.shard(self.shard, |status| {
             status.topic_count = topic_count;
         });
-        self.connect_primary(ctx);
+        self.resume_state(ctx);
+        // Queued rollovers, refused status records and topic changes are looked at again
+        // every second, whatever else happens.
+        ctx.run_interval(Duration::from_secs(1), |actor, ctx| actor.housekeeping(ctx));
+        if !self.paused {
+            for leg in 0..self.legs.len() {
+                self.connect_leg(leg, ctx);
+            }
+        }
+        self.publish_health();
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -290,33 +472,45 @@ impl actix::io::WriteHandler<actix_http::ws::ProtocolError> for SocketActor {
 impl Handler<SendPing> for SocketActor {
     type Result = ();
 
-    fn handle(&mut self, _: SendPing, _ctx: &mut Self::Context) {
-        for conn in [self.current.as_mut(), self.next.as_mut()]
-            .into_iter()
+    fn handle(&mut self, _: SendPing, ctx: &mut Self::Context) {
+        let ids: Vec<u64> = self
+            .legs
+            .iter()
+            .flat_map(|leg| [leg.current.as_ref(), leg.next.as_ref()])
             .flatten()
-        {
-            let _ = conn
-                .sink
-                .write(ws::Message::Text(r#"{"message":"ping"}"#.into()));
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.send_ping(id, ctx);
         }
-        self.report_seen(false);
+        if let Some(at) = self.last_sign_of_life() {
+            self.report_seen(at, false);
+        }
     }
 }
 
 impl Handler<Reconnect> for SocketActor {
     type Result = ();
 
+    /// The watchdog found the whole shard silent for `dead_after`: replace every socket that
+    /// showed nothing for that long.
     fn handle(&mut self, msg: Reconnect, ctx: &mut Self::Context) {
-        let Some(conn) = self.current.as_ref() else {
-            return; // already getting a new socket
-        };
-        tracing::warn!(
-            shard = self.shard,
-            reason = msg.reason,
-            "replacing the socket"
-        );
-        let id = conn.id;
-        self.on_conn_lost(id, msg.reason, ctx);
+        let dead_after = self.settings.dead_after;
+        let silent: Vec<u64> = self
+            .legs
+            .iter()
+            .filter_map(|leg| leg.current.as_ref())
+            .filter(|c| c.last_frame_at.elapsed() >= dead_after)
+            .map(|c| c.id)
+            .collect();
+        for id in silent {
+            tracing::warn!(
+                shard = self.shard,
+                reason = msg.reason,
+                "replacing the socket"
+            );
+            self.on_conn_lost(id, msg.reason, ctx);
+        }
     }
 }
 
@@ -324,13 +518,26 @@ impl Handler<TokenChanged> for SocketActor {
     type Result = ();
 
     fn handle(&mut self, msg: TokenChanged, ctx: &mut Self::Context) {
-        let stale = self
-            .current
-            .as_ref()
-            .is_some_and(|conn| conn.token_generation < msg.generation);
-        if stale {
-            // The channel dies with the token that made it: move before it does.
-            self.start_rollover("token_refresh", ctx);
+        // The channel dies with the token that made it: move before it does, one leg at a time,
+        // and shard after shard so that Genesys does not see every channel replaced at once.
+        let step = self.settings.token_rollover_spread / crate::topics::MAX_CHANNELS as u32;
+        let delay = step * self.shard;
+        for leg in 0..self.legs.len() {
+            let stale = self.legs[leg]
+                .current
+                .as_ref()
+                .is_some_and(|conn| conn.token_generation < msg.generation);
+            if stale {
+                ctx.run_later(delay, move |actor, ctx| {
+                    let still_stale = actor.legs[leg]
+                        .current
+                        .as_ref()
+                        .is_some_and(|conn| conn.token_generation < msg.generation);
+                    if still_stale {
+                        actor.request_rollover(leg, "token_refresh", ctx);
+                    }
+                });
+            }
         }
     }
 }
@@ -346,7 +553,9 @@ impl Handler<UpdateTopics> for SocketActor {
         let topic_count = self.topics.len();
         self.health
             .shard(self.shard, |s| s.topic_count = topic_count);
-        self.start_rollover("topics_changed", ctx);
+        for leg in 0..self.legs.len() {
+            self.request_rollover(leg, "topics_changed", ctx);
+        }
     }
 }
 
@@ -355,25 +564,8 @@ impl Handler<StopReading> for SocketActor {
 
     fn handle(&mut self, _: StopReading, ctx: &mut Self::Context) {
         self.stopping = true;
-        for handle in [
-            self.expiry_timer.take(),
-            self.rollover_deadline.take(),
-            self.retry_timer.take(),
-            self.rollover_retry.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            ctx.cancel_future(handle);
-        }
-        for conn in [self.current.take(), self.next.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.close_conn(conn, ctx);
-        }
-        self.health
-            .shard(self.shard, |s| s.phase = crate::health::ShardPhase::Paused);
+        self.close_everything("restart", ctx);
+        self.publish_health();
     }
 }
 
@@ -386,5 +578,64 @@ impl Handler<InjectFault> for SocketActor {
     type Result = ();
     fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
         fault.apply(self.settings.allow_fault_injection, "SocketActor");
+    }
+}
+
+impl SocketActor {
+    /// The latest frame on any current socket.
+    fn last_sign_of_life(&self) -> Option<Instant> {
+        self.legs
+            .iter()
+            .filter_map(|leg| leg.current.as_ref())
+            .map(|c| c.last_frame_at)
+            .max()
+    }
+
+    /// Picks up what the shard's durable state says: a gap still open, or the last frame of a
+    /// predecessor (an earlier run, or this actor before a restart), status records and a drop
+    /// span not yet reported, a frame held back by `block`.
+    fn resume_state(&mut self, ctx: &mut Context<Self>) {
+        let record = self.cell.snapshot();
+        let reason = match self.start_kind {
+            StartKind::ProcessStart => "restart",
+            StartKind::ActorRestart => "actor_restart",
+        };
+        let open = record.open_gap.clone().or_else(|| {
+            record.last_frame_ms.map(|since_ms| OpenGap {
+                since_ms,
+                reason: reason.to_string(),
+            })
+        });
+        if let Some(open) = &open {
+            tracing::info!(
+                shard = self.shard,
+                reason = %open.reason,
+                since = ?chrono::DateTime::from_timestamp_millis(open.since_ms),
+                "gap open since an earlier socket's last frame; the first frame closes it"
+            );
+        }
+        self.coverage = Coverage::new(open);
+        self.sync_open_gap();
+        self.drop_pending = record.drop_span.is_some();
+        if !record.pending_status.is_empty() {
+            self.flush_pending_status(ctx);
+        }
+        let held = self.cell.held().take();
+        if let Some(held) = held {
+            // Appended first; if the spool is still full this pauses reading again.
+            self.append(held, ctx);
+        }
+    }
+
+    /// Once a second: rollovers waiting for their turn, refused status records.
+    fn housekeeping(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        self.check_wanted(ctx);
+        if !self.cell.lock().pending_status.is_empty() {
+            self.flush_pending_status(ctx);
+        }
+        self.publish_health();
     }
 }

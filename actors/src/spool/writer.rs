@@ -32,11 +32,14 @@ impl Shared {
         Ok(())
     }
 
-    /// The cap an append of `kind` must stay under: events leave the headroom to gap records.
+    /// The cap an append of `kind` must stay under: only gap (status) records may use the
+    /// headroom; events, malformed frames and backfill records leave it to them.
     fn cap_for(&self, kind: RecordKind) -> u64 {
         match kind {
-            RecordKind::Event => self.config.max_bytes - GAP_HEADROOM_BYTES,
-            RecordKind::Gap | RecordKind::Reserved(_) => self.config.max_bytes,
+            RecordKind::Gap => self.config.max_bytes,
+            RecordKind::Event | RecordKind::Reserved(_) => {
+                self.config.max_bytes - GAP_HEADROOM_BYTES
+            }
         }
     }
 
@@ -68,7 +71,7 @@ impl Shared {
             };
         if state.bytes_on_disk + record_bytes > cap {
             self.full_hint.store(true, Ordering::Relaxed);
-            if is_event && self.config.when_full == WhenFull::DropNewest {
+            if record.kind != RecordKind::Gap && self.config.when_full == WhenFull::DropNewest {
                 state.note_drop(record.received_at_ms);
                 return Ok(AppendOutcome::Dropped);
             }

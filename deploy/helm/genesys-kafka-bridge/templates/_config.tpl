@@ -1,7 +1,8 @@
 {{/*
 bridge.toml, rendered from the values. Strings go through toJson (a JSON string is a valid TOML
 basic string), integers through int64 (YAML numbers arrive as floats), durations are strings.
-spool.dir and http.listen come from the pod layout, not from free-form values.
+spool.dir and http.listen come from the pod layout, not from free-form values. socket.redundancy is
+rendered only when set (null: the bridge derives it from topics.channel_budget).
 */}}
 {{- define "gkb.config" -}}
 {{- $g := .Values.genesys -}}
@@ -72,10 +73,17 @@ fsync_every_records = {{ $sp.fsyncEveryRecords | int64 }}
 when_full = {{ toJson $sp.whenFull }}
 
 [socket]
+{{- if not (kindIs "invalid" $so.redundancy) }}
+redundancy = {{ $so.redundancy | int64 }}
+{{- end }}
 ping_interval = {{ toJson $so.pingInterval }}
+pong_timeout = {{ toJson $so.pongTimeout }}
 dead_after = {{ toJson $so.deadAfter }}
 rollover_margin = {{ toJson $so.rolloverMargin }}
 rollover_timeout = {{ toJson $so.rolloverTimeout }}
+min_rollover_interval = {{ toJson $so.minRolloverInterval }}
+stable_after = {{ toJson $so.stableAfter }}
+max_connects_per_minute = {{ $so.maxConnectsPerMinute | int64 }}
 max_frame_bytes = {{ $so.maxFrameBytes | int64 }}
 dedup_capacity = {{ $so.dedupCapacity | int64 }}
 dedup_window = {{ toJson $so.dedupWindow }}

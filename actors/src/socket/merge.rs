@@ -1,0 +1,417 @@
+//! Delivering once what several sockets of one shard all received.
+//!
+//! A shard streams on two legs (two channels with the same topics), and during a rollover a leg
+//! briefly has two sockets too; Genesys fans every event out to each of them. The merge delivers
+//! each event once, from whichever socket ("lane") brings it first.
+//!
+//! **Identity** is the topic, the event body as received and the `CorrelationId`, hashed (128
+//! bits, so that a collision, which would lose an event, is out of reach). The body alone is not
+//! enough: Genesys re-sends a snapshot without visible change, and a re-send that comes while the
+//! sockets change (a rollover) cannot be told from the twin of the first one, so a body-only
+//! merge loses it (measured: 6 events in an 8 s demo run). Whether Genesys gives two channels the
+//! same `CorrelationId` for one event is undocumented: if it did not, both copies would be
+//! delivered, a duplicate, never a loss. A frame without one is identified by topic and body.
+//!
+//! **Multiset**: two genuinely identical events (a snapshot re-sent without visible change) are
+//! both delivered. Per identity the merge counts the copies seen on each lane; a copy is
+//! delivered when its lane has now seen more of that identity than were delivered, so the n-th
+//! copy on one lane pairs with the n-th copy on every other lane.
+//!
+//! **Bounded**: an entry is dropped as soon as every lane that was attached when it first arrived
+//! (and is still attached) has brought its copies, so in steady state the table holds only the
+//! events one leg is ahead of the other by. Entries still waiting for a copy are dropped after
+//! `window` or when `capacity` is reached (oldest first); a copy that arrives after that is
+//! delivered again and counted as a late duplicate (a small table of the hashes of such entries
+//! tells it apart from a new event).
+//!
+//! A socket that just connected may still bring copies of events that reached the others before
+//! it was attached (its subscription was in place a little earlier): for [`ATTACH_GRACE`] after a
+//! socket attached, complete entries are kept too (until `window` or `capacity`).
+//!
+//! With one lane attached and nothing pending, the merge costs nothing: no parse, no hash.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// How long after a socket attached complete entries are kept for it.
+pub const ATTACH_GRACE: Duration = Duration::from_secs(5);
+
+/// The identity of an event: 128 bits of a hash of its topic and body.
+pub type Identity = u128;
+
+#[derive(Deserialize)]
+struct TopicAndBody<'a> {
+    #[serde(rename = "topicName", borrow)]
+    topic_name: &'a RawValue,
+    #[serde(rename = "eventBody", borrow, default)]
+    event_body: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<MetadataRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MetadataRef<'a> {
+    #[serde(rename = "CorrelationId", borrow, default)]
+    correlation_id: Option<&'a RawValue>,
+}
+
+/// The identity of an event frame, or `None` if it is not an envelope with a topic.
+pub fn event_identity(frame: &[u8]) -> Option<Identity> {
+    let parsed: TopicAndBody<'_> = serde_json::from_slice(frame).ok()?;
+    // Two fixed-key SipHash states (stable within a process, which is all the merge needs).
+    let mut low = DefaultHasher::new();
+    let mut high = DefaultHasher::new();
+    0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
+    let correlation_id = parsed
+        .metadata
+        .and_then(|m| m.correlation_id)
+        .map(RawValue::get);
+    for hasher in [&mut low, &mut high] {
+        parsed.topic_name.get().hash(hasher);
+        parsed.event_body.map(RawValue::get).hash(hasher);
+        correlation_id.hash(hasher);
+    }
+    Some(((high.finish() as u128) << 64) | low.finish() as u128)
+}
+
+/// The identity of a frame that is not an envelope (a malformed frame): its bytes, hashed
+/// apart from event identities.
+pub fn raw_identity(frame: &[u8]) -> Identity {
+    let mut low = DefaultHasher::new();
+    let mut high = DefaultHasher::new();
+    "raw".hash(&mut low);
+    0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
+    "raw".hash(&mut high);
+    frame.hash(&mut low);
+    frame.hash(&mut high);
+    ((high.finish() as u128) << 64) | low.finish() as u128
+}
+
+/// What to do with a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The first copy of this event: deliver it.
+    Deliver,
+    /// Another lane already brought it: drop this copy.
+    Duplicate,
+    /// Its entry was dropped (window or capacity) before this copy came: delivered again.
+    LateDuplicate,
+}
+
+struct Entry {
+    delivered: u32,
+    /// Copies seen per lane.
+    seen: Vec<(u64, u32)>,
+    /// Lanes attached when the first copy arrived: the ones expected to bring a copy.
+    expected: Vec<u64>,
+    /// Which push into `order` this entry belongs to (entries are removed lazily from it).
+    stamp: u64,
+}
+
+impl Entry {
+    fn seen_on(&self, lane: u64) -> u32 {
+        self.seen
+            .iter()
+            .find(|(l, _)| *l == lane)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+
+    fn complete(&self, attached: &[u64]) -> bool {
+        self.expected
+            .iter()
+            .filter(|lane| attached.contains(lane))
+            .all(|lane| self.seen_on(*lane) >= self.delivered)
+    }
+}
+
+pub struct Merge {
+    capacity: usize,
+    window: Duration,
+    entries: HashMap<Identity, Entry>,
+    /// Insertion order, for expiry and eviction: (identity, first seen, stamp).
+    order: VecDeque<(Identity, Instant, u64)>,
+    next_stamp: u64,
+    /// Identities whose entry expired still waiting for a copy.
+    expired: HashSet<Identity>,
+    expired_order: VecDeque<Identity>,
+    /// Complete entries are kept until then (a socket attached recently).
+    keep_until: Option<Instant>,
+}
+
+impl Merge {
+    pub fn new(capacity: usize, window: Duration) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            window,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            next_stamp: 0,
+            expired: HashSet::new(),
+            expired_order: VecDeque::new(),
+            keep_until: None,
+        }
+    }
+
+    /// A socket attached: keep complete entries for [`ATTACH_GRACE`].
+    pub fn lane_attached(&mut self, now: Instant) {
+        self.keep_until = Some(now + ATTACH_GRACE);
+    }
+
+    fn keeping(&self, now: Instant) -> bool {
+        self.keep_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether a copy arriving with `attached` lanes needs an identity at all.
+    pub fn needed(&self, attached: &[u64]) -> bool {
+        attached.len() > 1 || !self.entries.is_empty()
+    }
+
+    /// Entries waiting for copies.
+    pub fn pending(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// A copy of `identity` arrived on `lane`; `attached` are the lanes attached now.
+    pub fn offer(
+        &mut self,
+        identity: Identity,
+        lane: u64,
+        attached: &[u64],
+        now: Instant,
+    ) -> Verdict {
+        self.expire(now);
+        if let Some(entry) = self.entries.get_mut(&identity) {
+            let seen = match entry.seen.iter_mut().find(|(l, _)| *l == lane) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    entry.seen.push((lane, 1));
+                    1
+                }
+            };
+            let verdict = if seen > entry.delivered {
+                entry.delivered += 1;
+                Verdict::Deliver
+            } else {
+                Verdict::Duplicate
+            };
+            if entry.complete(attached) && !self.keeping(now) {
+                self.entries.remove(&identity);
+            }
+            return verdict;
+        }
+        let late = self.expired.remove(&identity);
+        let entry = Entry {
+            delivered: 1,
+            seen: vec![(lane, 1)],
+            expected: attached.to_vec(),
+            stamp: self.next_stamp,
+        };
+        if !entry.complete(attached) || self.keeping(now) {
+            while self.entries.len() >= self.capacity {
+                if !self.evict_oldest() {
+                    break;
+                }
+            }
+            self.order.push_back((identity, now, self.next_stamp));
+            self.next_stamp += 1;
+            self.entries.insert(identity, entry);
+        }
+        if late {
+            Verdict::LateDuplicate
+        } else {
+            Verdict::Deliver
+        }
+    }
+
+    /// Lanes detached: entries that waited only for them are complete.
+    pub fn lanes_changed(&mut self, attached: &[u64]) {
+        if self.keeping(Instant::now()) {
+            return;
+        }
+        self.entries.retain(|_, entry| !entry.complete(attached));
+        if self.entries.is_empty() {
+            self.order.clear();
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, first_seen, _)) = self.order.front() {
+            if now.duration_since(*first_seen) < self.window {
+                break;
+            }
+            self.evict_oldest();
+        }
+    }
+
+    /// Drops the oldest live entry; false if there was none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((identity, _, stamp)) = self.order.pop_front() {
+            let live = self
+                .entries
+                .get(&identity)
+                .is_some_and(|entry| entry.stamp == stamp);
+            if live {
+                self.entries.remove(&identity);
+                self.remember_expired(identity);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn remember_expired(&mut self, identity: Identity) {
+        let limit = self.capacity.saturating_mul(2);
+        while self.expired_order.len() >= limit {
+            if let Some(old) = self.expired_order.pop_front() {
+                self.expired.remove(&old);
+            }
+        }
+        if self.expired.insert(identity) {
+            self.expired_order.push_back(identity);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":1},"metadata":{"CorrelationId":"x"}}"#;
+    const A_OTHER_META: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":1},"metadata":{"CorrelationId":"y"}}"#;
+    const B: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":2}}"#;
+
+    #[test]
+    fn identity_is_topic_body_and_correlation_id() {
+        assert_eq!(event_identity(A), event_identity(A));
+        assert_ne!(
+            event_identity(A),
+            event_identity(A_OTHER_META),
+            "an identical body under another CorrelationId is another event (a re-send)"
+        );
+        assert_ne!(event_identity(A), event_identity(B));
+        assert_eq!(event_identity(b"not json"), None);
+        let spaced = br#"{"topicName":"v2.users.u.conversations", "eventBody":{"id":"c","n":1},"metadata":{"CorrelationId":"x"}}"#;
+        assert_eq!(event_identity(A), event_identity(spaced));
+    }
+
+    #[test]
+    fn each_event_once_whichever_lane_brings_it_first() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(5));
+        let lanes = [1, 2];
+        let (a, b) = (event_identity(A).unwrap(), event_identity(B).unwrap());
+        assert_eq!(merge.offer(a, 1, &lanes, now), Verdict::Deliver);
+        assert_eq!(merge.offer(b, 2, &lanes, now), Verdict::Deliver);
+        assert_eq!(merge.offer(b, 1, &lanes, now), Verdict::Duplicate);
+        assert_eq!(merge.offer(a, 2, &lanes, now), Verdict::Duplicate);
+        assert_eq!(merge.pending(), 0, "complete entries are dropped at once");
+    }
+
+    #[test]
+    fn identical_events_on_one_lane_are_a_multiset() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(5));
+        let lanes = [1, 2];
+        let a = event_identity(A).unwrap();
+        assert_eq!(merge.offer(a, 1, &lanes, now), Verdict::Deliver);
+        assert_eq!(
+            merge.offer(a, 1, &lanes, now),
+            Verdict::Deliver,
+            "a real repeat"
+        );
+        assert_eq!(merge.offer(a, 2, &lanes, now), Verdict::Duplicate);
+        assert_eq!(merge.offer(a, 2, &lanes, now), Verdict::Duplicate);
+        assert_eq!(merge.pending(), 0);
+        // The other lane ahead this time.
+        assert_eq!(merge.offer(a, 2, &lanes, now), Verdict::Deliver);
+        assert_eq!(merge.offer(a, 1, &lanes, now), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn one_lane_costs_nothing_and_keeps_nothing() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(5));
+        assert!(!merge.needed(&[1]));
+        let a = event_identity(A).unwrap();
+        assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
+        assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
+        assert_eq!(merge.pending(), 0);
+        assert!(merge.needed(&[1, 2]));
+    }
+
+    #[test]
+    fn a_lane_just_attached_still_finds_the_copies_it_brings_late() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(60));
+        let a = event_identity(A).unwrap();
+        merge.lane_attached(now);
+        // The event reached lane 1 before lane 3 counted as attached.
+        assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
+        assert_eq!(merge.offer(a, 3, &[1, 3], now), Verdict::Duplicate);
+        // After the grace, a complete entry is dropped at once again.
+        let later = now + ATTACH_GRACE + Duration::from_secs(1);
+        let b = event_identity(B).unwrap();
+        assert_eq!(merge.offer(b, 1, &[1, 3], later), Verdict::Deliver);
+        assert_eq!(merge.offer(b, 3, &[1, 3], later), Verdict::Duplicate);
+        assert_eq!(merge.pending(), 1, "only the entry kept during the grace");
+    }
+
+    #[test]
+    fn a_re_sent_snapshot_is_not_taken_for_the_twin_of_the_first() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(60));
+        let first = event_identity(A).unwrap();
+        let re_sent = event_identity(A_OTHER_META).unwrap();
+        merge.lane_attached(now);
+        assert_eq!(merge.offer(first, 1, &[1], now), Verdict::Deliver);
+        // Lane 3 attaches; the same snapshot is re-sent at once and only lane 3 brings it
+        // (lane 1 is being closed).
+        assert_eq!(merge.offer(re_sent, 3, &[1, 3], now), Verdict::Deliver);
+        assert_eq!(merge.offer(first, 3, &[1, 3], now), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_lane_that_detaches_is_not_waited_for() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(5));
+        let a = event_identity(A).unwrap();
+        assert_eq!(merge.offer(a, 1, &[1, 2], now), Verdict::Deliver);
+        assert_eq!(merge.pending(), 1);
+        merge.lanes_changed(&[1]);
+        assert_eq!(merge.pending(), 0);
+    }
+
+    #[test]
+    fn bounded_by_window_and_capacity_and_late_copies_are_counted() {
+        let now = Instant::now();
+        let mut merge = Merge::new(3, Duration::from_secs(5));
+        let lanes = [1, 2];
+        for identity in 0..10u128 {
+            assert_eq!(merge.offer(identity, 1, &lanes, now), Verdict::Deliver);
+        }
+        assert_eq!(merge.pending(), 3);
+        assert_eq!(
+            merge.offer(5, 2, &lanes, now),
+            Verdict::LateDuplicate,
+            "evicted entries are delivered again, counted"
+        );
+        assert_eq!(
+            merge.offer(0, 2, &lanes, now),
+            Verdict::Deliver,
+            "the table of evicted identities is bounded too (twice the capacity)"
+        );
+        assert_eq!(merge.offer(9, 2, &lanes, now), Verdict::Duplicate);
+        let later = now + Duration::from_secs(6);
+        assert_eq!(merge.offer(8, 2, &lanes, later), Verdict::LateDuplicate);
+        assert!(merge.pending() <= 3);
+    }
+}

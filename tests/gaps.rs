@@ -1,0 +1,331 @@
+//! Gap records that are never wrong: every interval without a live socket reported once, across
+//! actor restarts, process restarts and crashes, and no connect or rollover storm.
+
+mod support;
+
+use std::time::Duration;
+
+use genesys_sim::{ChannelEvent, SimConfig, Target};
+use support::*;
+
+const EXTRA: &str = LEG_TEST_EXTRA;
+
+fn sim_config() -> SimConfig {
+    leg_test_sim()
+}
+
+/// Every missing event lies inside a gap record (±`slack_ms`).
+fn assert_missing_inside_gaps(
+    reconciled: &Reconciled,
+    gaps: &[(u64, i64, i64, String)],
+    slack_ms: i64,
+) {
+    for entry in &reconciled.missing {
+        assert!(
+            gaps.iter().any(|(_, start, end, _)| {
+                entry.published_at_ms >= start - slack_ms && entry.published_at_ms <= end + slack_ms
+            }),
+            "event published at {} ({}) is missing and in no gap record: {gaps:?}",
+            entry.published_at,
+            entry.topic
+        );
+    }
+}
+
+#[test]
+fn a_socket_actor_panic_leaves_a_gap_record_that_covers_what_it_missed() {
+    let s = Scenario::start(sim_config(), 3, EXTRA);
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
+    let topics = conversation_topics(&s.sim);
+    let from = next_published_seq(&s.sim);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.bridge.post("/debug/panic/socket-0"), Some(202));
+    wait_until(
+        "the actor restart's gap record",
+        Duration::from_secs(30),
+        || {
+            gap_records(&s.kafka)
+                .iter()
+                .any(|(_, _, _, reason)| reason == "actor_restart")
+        },
+    );
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
+    let reconciled = reconcile(&s.sim, &s.kafka, from, &topics);
+    let gaps = gap_records(&s.kafka);
+    eprintln!(
+        "{} published, {} missing; gaps {gaps:?}",
+        reconciled.expected,
+        reconciled.missing.len()
+    );
+    assert_eq!(gaps.len(), 1, "one restart, one gap");
+    assert_missing_inside_gaps(&reconciled, &gaps, 500);
+    assert_eq!(reconciled.duplicated, 0);
+}
+
+#[test]
+fn a_server_that_accepts_and_closes_gets_a_bounded_number_of_connects() {
+    let extra = format!("{EXTRA}max_connects_per_minute = 6\n");
+    let s = Scenario::start(sim_config(), 1, &extra);
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
+    let log_from = s.sim.channel_log().last().map(|e| e.seq + 1).unwrap_or(0);
+    s.sim
+        .faults()
+        .accept_then_close(Target::All, Some(Duration::from_secs(30)));
+    assert_eq!(s.sim.faults().drop_socket(Target::All).len(), 2);
+    wait_until("connects are throttled", Duration::from_secs(60), || {
+        s.bridge.metric("genesys_bridge_connects_throttled_total") >= 1.0
+    });
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(90));
+    let attaches: Vec<i64> = s
+        .sim
+        .channel_log_since(log_from)
+        .iter()
+        .filter(|e| matches!(e.event, ChannelEvent::SocketAttached { .. }))
+        .map(|e| e.at_ms)
+        .collect();
+    // In any minute, at most 6 connects per leg (the two reconnects that ended the storm
+    // included).
+    let most_in_a_minute = attaches
+        .iter()
+        .map(|t| {
+            attaches
+                .iter()
+                .filter(|u| **u >= *t && **u < t + 60_000)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{} upgrades during and after the storm, at most {most_in_a_minute} in a minute",
+        attaches.len()
+    );
+    assert!(
+        most_in_a_minute <= 12,
+        "{most_in_a_minute} connects in a minute"
+    );
+    wait_until("the outage's gap record", Duration::from_secs(20), || {
+        !gap_records(&s.kafka).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let gaps = gap_records(&s.kafka);
+    assert_eq!(gaps.len(), 1, "one outage, one gap record: {gaps:?}");
+}
+
+#[test]
+fn short_lived_channels_get_about_one_channel_per_rollover() {
+    let sim = SimConfig {
+        channel_lifetime: Duration::from_secs(20),
+        ..sim_config()
+    };
+    // The default rollover_margin (10 minutes) is longer than the channels live, and the
+    // default floor between rollovers applies.
+    let extra = EXTRA
+        .replace("rollover_margin = \"2500ms\"\n", "")
+        .replace("min_rollover_interval = \"500ms\"\n", "");
+    assert!(!extra.contains("rollover_margin") && !extra.contains("min_rollover"));
+    let s = Scenario::start(sim, 1, &extra);
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
+    let log_from = s.sim.channel_log().last().map(|e| e.seq + 1).unwrap_or(0);
+    wait_until("rollovers before expiry", Duration::from_secs(60), || {
+        s.bridge
+            .metric("genesys_bridge_rollovers_total{reason=\"channel_expiry\"}")
+            >= 4.0
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    let created = s
+        .sim
+        .channel_log_since(log_from)
+        .iter()
+        .filter(|e| matches!(e.event, ChannelEvent::Created { .. }))
+        .count();
+    let rollovers = s
+        .bridge
+        .metric("genesys_bridge_rollovers_total{reason=\"channel_expiry\"}");
+    eprintln!("{created} channels created for {rollovers} expiry rollovers");
+    assert!(
+        created as f64 <= rollovers + 2.0,
+        "{created} channels for {rollovers} rollovers"
+    );
+    assert!(gap_records(&s.kafka).is_empty());
+}
+
+/// Genesys topic → shard, as the `shard` header of the records in Kafka says.
+fn shard_of_topics(kafka: &Tansu) -> std::collections::HashMap<String, u64> {
+    consume_all(&kafka.brokers(), &CONVERSATION_KAFKA_TOPICS)
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.header("genesys-topic")?.to_string(),
+                r.header("shard")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Every missing event lies inside a gap record of its own shard (±`slack_ms`).
+fn assert_missing_inside_own_gaps(
+    reconciled: &Reconciled,
+    gaps: &[(u64, i64, i64, String)],
+    shards: &std::collections::HashMap<String, u64>,
+    slack_ms: i64,
+) {
+    for entry in &reconciled.missing {
+        let shard = shards.get(&entry.topic).copied();
+        assert!(
+            gaps.iter().any(|(gap_shard, start, end, _)| {
+                shard.is_none_or(|s| s == *gap_shard)
+                    && entry.published_at_ms >= start - slack_ms
+                    && entry.published_at_ms <= end + slack_ms
+            }),
+            "event published at {} on {} (shard {shard:?}) is missing and in no gap record of its shard: {gaps:?}",
+            entry.published_at,
+            entry.topic
+        );
+    }
+}
+
+/// 25 topics of 13 per channel: shard 0 (the 5 queues and 8 users), shard 1 (12 users).
+const TWO_SHARDS: &str = "per_channel = 13\n[socket]";
+
+#[test]
+fn dropped_events_are_reported_per_shard_even_across_a_crash() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = genesys_sim::Simulator::start(SimConfig {
+        rate_per_sec: 10.0,
+        ..sim_config()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(
+        &sim.base_url(),
+        &kafka.brokers(),
+        &EXTRA.replace("[socket]", TWO_SHARDS),
+    )
+    .replace("segment_bytes = 1048576", "segment_bytes = 16384")
+    .replace(
+        "max_bytes = 67108864",
+        "max_bytes = 131072\nwhen_full = \"drop-newest\"",
+    );
+    let mut bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_legs_streaming(&bridge, 2, 2, Duration::from_secs(30));
+    let topics = conversation_topics(&sim);
+    let from = next_published_seq(&sim);
+    // Kafka stalls: the spool fills and drops newest events, of both shards.
+    signal(kafka.pid(), "STOP");
+    let state_file = dir.path().join("spool/shard-state.json");
+    wait_until(
+        "both shards dropping, on disk",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&state_file).is_ok_and(|text| {
+                let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                ["0", "1"]
+                    .iter()
+                    .all(|shard| state[shard]["drop_span"]["count"].as_u64() >= Some(3))
+            })
+        },
+    );
+    // The bridge dies while dropping; Kafka comes back; the bridge starts again.
+    bridge.kill();
+    signal(kafka.pid(), "CONT");
+    bridge.restart(&[]);
+    bridge.wait_ready(Duration::from_secs(60));
+    wait_until(
+        "a drop record for each shard",
+        Duration::from_secs(90),
+        || {
+            let gaps = gap_records(&kafka);
+            [0, 1].iter().all(|shard| {
+                gaps.iter()
+                    .any(|(s, _, _, reason)| s == shard && reason == "spool_full_dropped")
+            })
+        },
+    );
+    finish_traffic(&sim, &kafka, from, &topics, Duration::from_secs(90));
+    let reconciled = reconcile(&sim, &kafka, from, &topics);
+    let gaps = gap_records(&kafka);
+    eprintln!(
+        "{} published, {} missing; gaps {gaps:?}",
+        reconciled.expected,
+        reconciled.missing.len()
+    );
+    assert!(!reconciled.missing.is_empty(), "events were dropped");
+    assert_missing_inside_own_gaps(&reconciled, &gaps, &shard_of_topics(&kafka), 500);
+}
+
+#[test]
+fn two_crashes_in_a_row_with_a_shard_absent_between_keep_its_gap() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = genesys_sim::Simulator::start(sim_config()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 25 topics of 5 per channel: shard 0 holds the 5 queues, shards 1 to 4 the users.
+    let two_shards = test_config(
+        &sim.base_url(),
+        &kafka.brokers(),
+        &EXTRA.replace("[socket]", "per_channel = 5\n[socket]"),
+    );
+    let mut bridge = Bridge::start(dir.path(), &two_shards, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_legs_streaming(&bridge, 5, 2, Duration::from_secs(30));
+    let topics = conversation_topics(&sim);
+    let from = next_published_seq(&sim);
+    std::thread::sleep(Duration::from_secs(2));
+    // Crash 1. The next run streams shard 0 only (the user templates are gone from its
+    // config): shards 1 to 4 get nothing in that run.
+    let first_crash = chrono::Utc::now().timestamp_millis();
+    let one_shard = two_shards.replace("  { template = \"v2.users.{id}.conversations\" },\n", "");
+    assert_ne!(one_shard, two_shards);
+    std::fs::write(
+        &bridge.config_path,
+        one_shard
+            .replace("{http}", &bridge.http)
+            .replace("{spool}", &dir.path().join("spool").display().to_string()),
+    )
+    .unwrap();
+    bridge.restart(&[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    // Crash 2, then the whole topic set again.
+    let second_crash = chrono::Utc::now().timestamp_millis();
+    std::fs::write(
+        &bridge.config_path,
+        two_shards
+            .replace("{http}", &bridge.http)
+            .replace("{spool}", &dir.path().join("spool").display().to_string()),
+    )
+    .unwrap();
+    bridge.restart(&[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_legs_streaming(&bridge, 5, 2, Duration::from_secs(30));
+    wait_until(
+        "each absent shard's gap since the first crash",
+        Duration::from_secs(30),
+        || {
+            let gaps = gap_records(&kafka);
+            (1..=4).all(|shard| {
+                gaps.iter().any(|(s, start, end, _)| {
+                    *s == shard && *start < first_crash && *end > second_crash
+                })
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    finish_traffic(&sim, &kafka, from, &topics, Duration::from_secs(60));
+    let reconciled = reconcile(&sim, &kafka, from, &topics);
+    let gaps = gap_records(&kafka);
+    eprintln!(
+        "{} published, {} missing; gaps {gaps:?}",
+        reconciled.expected,
+        reconciled.missing.len()
+    );
+    assert!(!reconciled.missing.is_empty());
+    assert_missing_inside_own_gaps(&reconciled, &gaps, &shard_of_topics(&kafka), 500);
+    // Duplicates are allowed here: a SIGKILL re-sends what Kafka took but the spool had not yet
+    // recorded as acknowledged (at least once).
+}
