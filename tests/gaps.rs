@@ -329,3 +329,62 @@ fn two_crashes_in_a_row_with_a_shard_absent_between_keep_its_gap() {
     // Duplicates are allowed here: a SIGKILL re-sends what Kafka took but the spool had not yet
     // recorded as acknowledged (at least once).
 }
+
+#[test]
+fn a_paused_shard_stays_paused_through_topic_changes_until_the_spool_has_room() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = genesys_sim::Simulator::start(SimConfig {
+        rate_per_sec: 10.0,
+        ..sim_config()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(
+        &sim.base_url(),
+        &kafka.brokers(),
+        &EXTRA.replace("[socket]", "refresh_interval = \"300ms\"\n[socket]"),
+    )
+    .replace("segment_bytes = 1048576", "segment_bytes = 16384")
+    .replace(
+        "max_bytes = 67108864",
+        "max_bytes = 131072\nwhen_full = \"block\"",
+    );
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(30));
+    signal(kafka.pid(), "STOP");
+    wait_until("the shard pauses", Duration::from_secs(120), || {
+        bridge.status()["shards"][0]["phase"] == "paused"
+    });
+    // A new queue while paused: the topic update (and every retry timer) must not reconnect.
+    let added = sim.add_queue("Opened while the spool is full");
+    let topic = format!("v2.routing.queues.{added}.conversations");
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let connected: Vec<_> = sim.channels().into_iter().filter(|c| c.connected).collect();
+        assert!(
+            connected.is_empty(),
+            "a paused shard reconnected: {} socket(s)",
+            connected.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(kafka.pid(), "CONT");
+    wait_until(
+        "streaming again, on the new topic set",
+        Duration::from_secs(120),
+        || {
+            sim.channels()
+                .iter()
+                .filter(|c| c.connected && c.topics.contains(&topic))
+                .count()
+                == 2
+        },
+    );
+    wait_until("the pause's gap record", Duration::from_secs(30), || {
+        gap_records(&kafka)
+            .iter()
+            .any(|(_, _, _, reason)| reason == "spool_full")
+    });
+}

@@ -118,10 +118,18 @@ impl Coverage {
 
     /// `lane` stopped covering; its last frame was at `last_ms`. Returns the holes this
     /// uncovers between `last_ms` and `now_ms` that ended already (another lane started in
-    /// them), and opens a gap if no lane covers now.
-    pub fn lane_ended(&mut self, lane: u64, last_ms: i64, now_ms: i64, reason: &str) -> Vec<Gap> {
+    /// them), and opens a gap if no lane covers now. A hole ended by a lane that still covers
+    /// awaits confirmation like any gap's end (the flag: call [`confirm_close`](Self::confirm_close)
+    /// after [`CONFIRM_CLOSE`]).
+    pub fn lane_ended(
+        &mut self,
+        lane: u64,
+        last_ms: i64,
+        now_ms: i64,
+        reason: &str,
+    ) -> (Vec<Gap>, bool) {
         let Some(first) = self.live.remove(&lane) else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
         let last = last_ms.max(first);
         self.past.push((first, last));
@@ -130,7 +138,7 @@ impl Coverage {
                 // The socket that ended the gap did not last: it goes on.
                 self.open = Some(open);
                 self.prune();
-                return Vec::new();
+                return (Vec::new(), false);
             }
         }
         let mut spans: Vec<(i64, i64)> = self
@@ -162,8 +170,26 @@ impl Coverage {
                 reason: reason.to_string(),
             });
         }
+        // The last hole ended when a lane that still covers started: like any gap's end, it
+        // counts once that lane proved itself.
+        let mut pending = false;
+        let ended_by_live = gaps
+            .last()
+            .is_some_and(|hole| self.live.values().any(|first| *first == hole.end_ms));
+        if ended_by_live && self.closing.is_none() && self.open.is_none() {
+            if let Some(hole) = gaps.pop() {
+                self.closing = Some((
+                    OpenGap {
+                        since_ms: hole.start_ms,
+                        reason: hole.reason,
+                    },
+                    hole.end_ms,
+                ));
+                pending = true;
+            }
+        }
         self.prune();
-        gaps
+        (gaps, pending)
     }
 
     /// Past spans that no future retraction can reach are forgotten: a live lane retracts at
@@ -192,7 +218,7 @@ mod tests {
     fn one_lane_lost_and_back() {
         let mut c = Coverage::new(None);
         assert!(!c.lane_started(1, 0));
-        assert!(c.lane_ended(1, 100, 150, "closed").is_empty());
+        assert!(c.lane_ended(1, 100, 150, "closed").0.is_empty());
         assert_eq!(c.open_gap().unwrap().since_ms, 100);
         assert!(c.lane_started(2, 170));
         assert_eq!(
@@ -210,10 +236,10 @@ mod tests {
         let mut c = Coverage::new(None);
         c.lane_started(1, 0);
         c.lane_started(2, 1);
-        assert!(c.lane_ended(1, 100, 101, "closed").is_empty());
+        assert!(c.lane_ended(1, 100, 101, "closed").0.is_empty());
         assert!(c.open_gap().is_none());
         c.lane_started(3, 120);
-        assert!(c.lane_ended(2, 300, 301, "closed").is_empty());
+        assert!(c.lane_ended(2, 300, 301, "closed").0.is_empty());
         assert!(c.open_gap().is_none());
     }
 
@@ -222,8 +248,8 @@ mod tests {
         let mut c = Coverage::new(None);
         c.lane_started(1, 0);
         c.lane_started(2, 0);
-        assert!(c.lane_ended(1, 100, 101, "closed").is_empty());
-        assert!(c.lane_ended(2, 99, 101, "closed").is_empty());
+        assert!(c.lane_ended(1, 100, 101, "closed").0.is_empty());
+        assert!(c.lane_ended(2, 99, 101, "closed").0.is_empty());
         assert_eq!(c.open_gap().unwrap().since_ms, 100);
         assert!(c.lane_started(3, 130));
         assert!(!c.lane_started(4, 131), "one gap, closed once");
@@ -235,13 +261,16 @@ mod tests {
         let mut c = Coverage::new(None);
         c.lane_started(1, 0); // leg A
         c.lane_started(2, 0); // leg B: silent after 50, nobody knows yet
-        assert!(c.lane_ended(1, 100, 101, "closed").is_empty()); // A drops
+        assert!(c.lane_ended(1, 100, 101, "closed").0.is_empty()); // A drops
         c.lane_started(3, 120); // A is back
                                 // B's ping goes unanswered: its coverage ends at its last frame.
         assert_eq!(
             c.lane_ended(2, 50, 2000, "pong_timeout"),
-            vec![gap(100, 120, "pong_timeout")]
+            (vec![], true),
+            "the hole ended when the lane that still covers started: confirmed later"
         );
+        assert_eq!(c.open_gap().unwrap().since_ms, 100);
+        assert_eq!(c.confirm_close(), Some(gap(100, 120, "pong_timeout")));
         assert!(c.open_gap().is_none());
     }
 
@@ -249,7 +278,7 @@ mod tests {
     fn the_last_lane_found_dead_opens_the_gap_at_its_last_frame() {
         let mut c = Coverage::new(None);
         c.lane_started(1, 0);
-        assert!(c.lane_ended(1, 50, 2000, "pong_timeout").is_empty());
+        assert!(c.lane_ended(1, 50, 2000, "pong_timeout").0.is_empty());
         assert_eq!(c.open_gap().unwrap().since_ms, 50);
     }
 
@@ -272,10 +301,28 @@ mod tests {
         for lane in 2..50u64 {
             let t = lane as i64 * 1000;
             assert!(c.lane_started(lane, t));
-            assert!(c.lane_ended(lane, t + 1, t + 2, "closed").is_empty());
+            assert!(c.lane_ended(lane, t + 1, t + 2, "closed").0.is_empty());
             assert_eq!(c.open_gap().unwrap().since_ms, 100);
         }
         assert!(c.lane_started(99, 60_000));
+        assert_eq!(c.confirm_close(), Some(gap(100, 60_000, "closed")));
+    }
+
+    #[test]
+    fn a_hole_found_late_and_then_the_new_socket_gone_is_one_gap() {
+        let mut c = Coverage::new(None);
+        c.lane_started(1, 0);
+        c.lane_started(2, 0);
+        c.lane_ended(1, 100, 101, "closed"); // both dropped; leg A noticed first
+        c.lane_started(3, 103); // A back at once
+        assert_eq!(c.lane_ended(2, 100, 104, "closed"), (vec![], true));
+        // ... and A's new socket is closed by the server right away.
+        assert_eq!(
+            c.lane_ended(3, 103, 105, "closed_by_server"),
+            (vec![], false)
+        );
+        assert_eq!(c.open_gap().unwrap().since_ms, 100, "one gap goes on");
+        c.lane_started(4, 60_000);
         assert_eq!(c.confirm_close(), Some(gap(100, 60_000, "closed")));
     }
 

@@ -25,16 +25,20 @@ impl SocketActor {
     /// The first frame on socket `conn_id`: it covers the shard from now, closing an open gap.
     pub(super) fn lane_started(&mut self, conn_id: u64, first_ms: i64, ctx: &mut Context<Self>) {
         if self.coverage.lane_started(conn_id, first_ms) {
-            // Reported once the socket proved itself (a socket gone again at once does not end
-            // the gap).
-            ctx.run_later(super::coverage::CONFIRM_CLOSE, |actor, ctx| {
-                if let Some(gap) = actor.coverage.confirm_close() {
-                    actor.emit_gap(gap, None, ctx);
-                    actor.sync_open_gap();
-                    actor.publish_health();
-                }
-            });
+            self.confirm_close_later(ctx);
         }
+    }
+
+    /// A gap's end is reported once the socket that ended it proved itself (a socket gone
+    /// again at once does not end the gap).
+    fn confirm_close_later(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(super::coverage::CONFIRM_CLOSE, |actor, ctx| {
+            if let Some(gap) = actor.coverage.confirm_close() {
+                actor.emit_gap(gap, None, ctx);
+                actor.sync_open_gap();
+                actor.publish_health();
+            }
+        });
     }
 
     /// Socket `conn_id` stopped covering the shard; its last frame was at `last_ms`.
@@ -47,9 +51,13 @@ impl SocketActor {
     ) {
         let was_open = self.coverage.open_gap().is_some();
         let now_ms = Utc::now().timestamp_millis();
-        for gap in self.coverage.lane_ended(conn_id, last_ms, now_ms, reason) {
+        let (holes, pending) = self.coverage.lane_ended(conn_id, last_ms, now_ms, reason);
+        for gap in holes {
             // Found after the fact: a socket presumed live was silent while another was down.
             self.emit_gap(gap, None, ctx);
+        }
+        if pending {
+            self.confirm_close_later(ctx);
         }
         if !was_open && self.coverage.open_gap().is_some() {
             tracing::warn!(
