@@ -14,6 +14,14 @@ fn sim_config() -> SimConfig {
     leg_test_sim()
 }
 
+/// `config` with a spool of 128 KiB that fills in seconds when Kafka stalls, and `policy`.
+fn small_spool(config: &str, policy: &str) -> String {
+    config.replace(
+        "max_bytes = 67108864",
+        &format!("max_bytes = 131072\nwhen_full = \"{policy}\""),
+    )
+}
+
 /// Every missing event lies inside a gap record (±`slack_ms`).
 fn assert_missing_inside_gaps(
     reconciled: &Reconciled,
@@ -38,7 +46,7 @@ fn a_socket_actor_panic_leaves_a_gap_record_that_covers_what_it_missed() {
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
     let topics = conversation_topics(&s.sim);
     let from = next_published_seq(&s.sim);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&s.sim, &topics, 20);
     assert_eq!(s.bridge.post("/debug/panic/socket-0"), Some(202));
     wait_until(
         "the actor restart's gap record",
@@ -50,7 +58,7 @@ fn a_socket_actor_panic_leaves_a_gap_record_that_covers_what_it_missed() {
         },
     );
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&s.sim, &topics, 20);
     finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
     let reconciled = reconcile(&s.sim, &s.kafka, from, &topics);
     let gaps = gap_records(&s.kafka);
@@ -204,11 +212,8 @@ fn dropped_events_are_reported_per_shard_even_across_a_crash() {
         &kafka.brokers(),
         &EXTRA.replace("[socket]", TWO_SHARDS),
     )
-    .replace("segment_bytes = 1048576", "segment_bytes = 16384")
-    .replace(
-        "max_bytes = 67108864",
-        "max_bytes = 131072\nwhen_full = \"drop-newest\"",
-    );
+    .replace("segment_bytes = 1048576", "segment_bytes = 16384");
+    let config = small_spool(&config, "drop-newest");
     let mut bridge = Bridge::start(dir.path(), &config, &[]);
     bridge.wait_ready(Duration::from_secs(30));
     wait_legs_streaming(&bridge, 2, 2, Duration::from_secs(30));
@@ -274,7 +279,7 @@ fn two_crashes_in_a_row_with_a_shard_absent_between_keep_its_gap() {
     wait_legs_streaming(&bridge, 5, 2, Duration::from_secs(30));
     let topics = conversation_topics(&sim);
     let from = next_published_seq(&sim);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&sim, &topics, 20);
     // Crash 1. The next run streams shard 0 only (the user templates are gone from its
     // config): shards 1 to 4 get nothing in that run.
     let first_crash = chrono::Utc::now().timestamp_millis();
@@ -290,7 +295,7 @@ fn two_crashes_in_a_row_with_a_shard_absent_between_keep_its_gap() {
     bridge.restart(&[]);
     bridge.wait_ready(Duration::from_secs(30));
     wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&sim, &topics, 20);
     // Crash 2, then the whole topic set again.
     let second_crash = chrono::Utc::now().timestamp_millis();
     std::fs::write(
@@ -315,7 +320,7 @@ fn two_crashes_in_a_row_with_a_shard_absent_between_keep_its_gap() {
             })
         },
     );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&sim, &topics, 20);
     finish_traffic(&sim, &kafka, from, &topics, Duration::from_secs(60));
     let reconciled = reconcile(&sim, &kafka, from, &topics);
     let gaps = gap_records(&kafka);
@@ -345,11 +350,8 @@ fn a_paused_shard_stays_paused_through_topic_changes_until_the_spool_has_room() 
         &kafka.brokers(),
         &EXTRA.replace("[socket]", "refresh_interval = \"300ms\"\n[socket]"),
     )
-    .replace("segment_bytes = 1048576", "segment_bytes = 16384")
-    .replace(
-        "max_bytes = 67108864",
-        "max_bytes = 131072\nwhen_full = \"block\"",
-    );
+    .replace("segment_bytes = 1048576", "segment_bytes = 16384");
+    let config = small_spool(&config, "block");
     let bridge = Bridge::start(dir.path(), &config, &[]);
     bridge.wait_ready(Duration::from_secs(30));
     wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(30));

@@ -82,7 +82,7 @@ fn one_leg_silent_for_good_is_replaced_within_ping_and_pong_timeout_and_loses_no
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
     let topics = conversation_topics(&s.sim);
     let from = next_published_seq(&s.sim);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&s.sim, &topics, 20);
     let connected = connected_channels(&s.sim);
     let silenced = connected[0].clone();
     assert_eq!(
@@ -110,7 +110,7 @@ fn one_leg_silent_for_good_is_replaced_within_ping_and_pong_timeout_and_loses_no
         },
     );
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for_traffic(&s.sim, &topics, 20);
     finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
     let reconciled = reconcile(&s.sim, &s.kafka, from, &topics);
     report("one leg silent", &reconciled);
@@ -125,7 +125,7 @@ fn both_legs_dropped_at_once_leave_one_gap_holding_exactly_the_missing_events() 
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
     let topics = conversation_topics(&s.sim);
     let from = next_published_seq(&s.sim);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&s.sim, &topics, 20);
     // Reconnects fail for a while, so that the shard is really without a socket.
     s.sim
         .faults()
@@ -135,7 +135,7 @@ fn both_legs_dropped_at_once_leave_one_gap_holding_exactly_the_missing_events() 
         !gap_records(&s.kafka).is_empty()
     });
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&s.sim, &topics, 20);
     finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
     let reconciled = reconcile(&s.sim, &s.kafka, from, &topics);
     report("both legs dropped", &reconciled);

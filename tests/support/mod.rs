@@ -485,3 +485,18 @@ pub fn leg_test_sim() -> genesys_sim::SimConfig {
         ..genesys_sim::SimConfig::default()
     }
 }
+
+/// Waits until the model published `events` more events on `topics` (traffic flows on the
+/// sockets as they are now), instead of sleeping for it.
+pub fn wait_for_traffic(
+    sim: &genesys_sim::SimHandle,
+    topics: &std::collections::HashSet<String>,
+    events: usize,
+) {
+    let start = next_published_seq(sim);
+    wait_until(
+        &format!("{events} more events published"),
+        Duration::from_secs(30),
+        || sim.published_count(|e| e.seq >= start && topics.contains(&e.topic)) >= events,
+    );
+}

@@ -40,10 +40,6 @@ impl ChannelBudget {
     pub fn held(&self) -> usize {
         self.total - self.semaphore.available_permits()
     }
-
-    pub fn total(&self) -> usize {
-        self.total
-    }
 }
 
 #[cfg(test)]

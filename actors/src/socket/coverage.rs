@@ -69,25 +69,6 @@ impl Coverage {
             .or(self.closing.as_ref().map(|(open, _)| open))
     }
 
-    /// Whether some lane covers the shard now.
-    pub fn covered(&self) -> bool {
-        !self.live.is_empty()
-    }
-
-    pub fn is_live(&self, lane: u64) -> bool {
-        self.live.contains_key(&lane)
-    }
-
-    /// Opens a gap without any lane ending (nothing covers, and the caller knows why).
-    pub fn open_if_uncovered(&mut self, since_ms: i64, reason: &str) {
-        if self.live.is_empty() && self.open.is_none() {
-            self.open = Some(OpenGap {
-                since_ms,
-                reason: reason.to_string(),
-            });
-        }
-    }
-
     /// The first frame on `lane` (at `first_ms`). True if it ends an open gap: call
     /// [`confirm_close`](Self::confirm_close) after [`CONFIRM_CLOSE`].
     pub fn lane_started(&mut self, lane: u64, first_ms: i64) -> bool {
