@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 LEGS = ("bridge", "node", "raw")
-LEG_TITLES = {"bridge": "bridge", "node": "Node.js baseline", "raw": "raw librdkafka"}
+LEG_TITLES = {"bridge": "bridge", "bridge_r2": "bridge, 2 legs", "node": "Node.js baseline",
+              "raw": "raw librdkafka"}
 
 
 def fmt(v, digits: int = 1) -> str:
@@ -37,27 +38,29 @@ def ratio(a, b, digits: int = 2) -> str:
     return f"{r:,.0f}×" if r >= 100 else f"{r:.{digits}f}×"
 
 
-def table(rows: list[tuple], legs: dict, with_ratios: bool = True, raw_ok=lambda key: True) -> list[str]:
-    head = "| | " + " | ".join(LEG_TITLES[l] for l in LEGS) + (" | bridge/Node | bridge/raw |" if with_ratios else " |")
-    sep = "|---|" + "---:|" * len(LEGS) + ("---:|---:|" if with_ratios else "")
+def table(rows: list[tuple], legs: dict, with_ratios: bool = True, raw_ok=lambda key: True,
+          order: tuple = LEGS) -> list[str]:
+    """One column per leg in `order`; the ratios are of the `bridge` column to Node and to raw."""
+    head = "| | " + " | ".join(LEG_TITLES[l] for l in order) + (" | bridge/Node | bridge/raw |" if with_ratios else " |")
+    sep = "|---|" + "---:|" * len(order) + ("---:|---:|" if with_ratios else "")
     out = [head, sep]
     for label, key, digits, ratios in rows:
-        vals = [legs.get(l, {}).get(key) if legs.get(l) else None for l in LEGS]
-        if not raw_ok(key):
-            vals[2] = None
-        cells = [fmt(v, digits) for v in vals]
+        vals = {l: (legs.get(l, {}).get(key) if legs.get(l) else None) for l in order}
+        if not raw_ok(key) and "raw" in vals:
+            vals["raw"] = None
+        cells = [fmt(vals[l], digits) for l in order]
         line = f"| {label} | " + " | ".join(cells)
         if with_ratios:
             if ratios:
-                line += f" | {ratio(vals[0], vals[1])} | {ratio(vals[0], vals[2])}"
+                line += f" | {ratio(vals.get('bridge'), vals.get('node'))} | {ratio(vals.get('bridge'), vals.get('raw'))}"
             else:
                 line += " | | "
         out.append(line + " |")
     return out
 
 
-def missing_legs(legs: dict) -> list[str]:
-    missing = [f"- **{LEG_TITLES[l]}: did not run** (see the checks below)" for l in LEGS if l not in legs]
+def missing_legs(legs: dict, order: tuple = LEGS) -> list[str]:
+    missing = [f"- **{LEG_TITLES[l]}: did not run** (see the checks below)" for l in order if l not in legs]
     return missing + [""] if missing else []
 
 
@@ -98,12 +101,18 @@ def render(results: dict, profile: dict) -> str:
         "`memory://` storage, 3 partitions, a fresh broker per leg. *Sustained events/s* = events / "
         "time from the first to the last of them reaching a consumer that tails the topic; measured "
         "after a 1,000-event warm-up burst has landed. *Simulator send time* = how long the simulator "
-        "took to hand the burst to the socket.",
+        "took to hand the burst to the socket. *bridge*: `[socket] redundancy = 1`, one channel; "
+        "*bridge, 2 legs*: `redundancy = 2` (the default for one shard), the burst fanned out to both "
+        "of the shard's channels (`\"fan_out\": true`: the same frames, as Genesys sends every event "
+        "to every subscribed channel), so the bridge reads every frame twice and merges the copies; "
+        "*frames read* counts both.",
         "",
     ]
-    lines += missing_legs(b)
+    burst_order = ("bridge", "bridge_r2", "node", "raw")
+    lines += missing_legs(b, burst_order)
     lines += table([
         ("events landed (of those sent)", "landed", 0, False),
+        ("frames read off the sockets", "frames_read", 0, False),
         ("lost / duplicated", "lost_dup", 0, False),
         ("first → last record landed (s)", "first_to_last_s", 2, False),
         ("burst injected → last landed (s)", "inject_to_last_s", 2, False),
@@ -111,7 +120,7 @@ def render(results: dict, profile: dict) -> str:
         ("**sustained events/s**", "events_per_s", 0, True),
         ("peak RSS (MiB, VmHWM)", "peak_rss_mib", 1, True),
         ("CPU s per 10,000 events", "cpu_s_per_10k", 3, True),
-    ], with_lost_dup(b), raw_ok=lambda k: k != "peak_rss_mib")
+    ], with_lost_dup(b), raw_ok=lambda k: k != "peak_rss_mib", order=burst_order)
     lines.append("")
 
     # 2. steady ---------------------------------------------------------------------------------
@@ -122,7 +131,8 @@ def render(results: dict, profile: dict) -> str:
          f"org), every queue's and user's `conversations` topic subscribed, for {profile.get('steady_s')} s; then "
          "arrivals pause and the run waits until everything landed. Latency = consumer receipt "
          "(a librdkafka consumer tailing the topic, `fetch.wait.max.ms=5`) − the ledger's `sent_at_ms` "
-         "(the moment the simulator's socket writer accepted the frame), matched by CorrelationId. The "
+         "(the moment the simulator's socket writer accepted the frame; the bridge's two legs are both "
+         "subscribed, so an event counts from its first copy), matched by CorrelationId. The "
          "bridge stamps every record with `received-at-ms` (when it read the frame off the socket), which "
          "splits its latency into the simulator → socket read part, common to every client, and its "
          f"own part (read → consumer receipt). The first {profile.get('warmup_s')} s are left out as warm-up. The raw leg replays the bridge run's frames at their "
@@ -136,8 +146,9 @@ def render(results: dict, profile: dict) -> str:
          f"channel); then at most {profile.get('high_drain_s')} s to drain. Events not landed by then "
          "count as lost here, and the latency percentiles cover only the events that did land. Peak "
          "RSS = VmHWM of the process over its whole life; CPU = utime+stime from /proc/PID/stat over "
-         "the workload, per 10,000 events landed. The raw leg is a Python process holding every "
-         "payload in memory: its RSS is not comparable and is left out."),
+         "the workload, per 10,000 events landed. Each burst is fanned out to every subscribed channel, so "
+         "the bridge's two legs (its default for one shard) both read every frame, as from Genesys. The raw "
+         "leg is a Python process holding every payload in memory: its RSS is not comparable and is left out."),
     ):
         s = w.get(key)
         if not s and key == "high" and not profile.get("high_events_per_s"):
@@ -170,7 +181,9 @@ def render(results: dict, profile: dict) -> str:
         f"The bridge and the Node baseline run side by side (two OAuth clients, so the ledger tells "
         f"whose socket each frame went to) against one simulator at {profile.get('fault_rate')} "
         f"conversations/s and one tansu broker with `sqlite://` storage (it survives a restart). After "
-        f"{profile.get('fault_warmup_s')} s of traffic the fault hits both; traffic goes on "
+        f"{profile.get('fault_warmup_s')} s of traffic the fault hits both (`drop_socket` and `silence`: one socket "
+        "of each client, which for the bridge, with its default two legs for one shard, is one of its two "
+        "channels; `socket_closing`: every socket); traffic goes on "
         "for the time given, then arrivals pause and each client gets up to "
         f"{profile.get('drain_max_s')} s (stopping after {profile.get('drain_stall_s')} s without progress) "
         "to land what it has. *Lost* = events the simulator handed to the client's sockets (the ledger, "
@@ -191,9 +204,9 @@ def render(results: dict, profile: dict) -> str:
     ]
     what = {
         "kafka_down": f"broker SIGKILLed, restarted after {profile.get('kafka_down_s')} s; {profile.get('after_s', {}).get('kafka_down')} s more traffic",
-        "socket_closing": f"`v2.system.socket_closing`, close after {profile.get('closing_grace_s')} s; {profile.get('after_s', {}).get('socket_closing')} s more traffic",
-        "drop_socket": f"socket dropped without a close frame (1006); {profile.get('after_s', {}).get('drop_socket')} s more traffic",
-        "silence": f"socket silent (TCP open, no heartbeats, pongs or events) for good; {profile.get('after_s', {}).get('silence')} s more traffic",
+        "socket_closing": f"`v2.system.socket_closing` on every socket, close after {profile.get('closing_grace_s')} s; {profile.get('after_s', {}).get('socket_closing')} s more traffic",
+        "drop_socket": f"one socket dropped without a close frame (1006); {profile.get('after_s', {}).get('drop_socket')} s more traffic",
+        "silence": f"one socket silent (TCP open, no heartbeats, pongs or events) for good; {profile.get('after_s', {}).get('silence')} s more traffic",
     }
     for fault in profile.get("faults", []):
         r = f.get(fault)
@@ -261,6 +274,15 @@ def targets(w: dict, profile: dict) -> list[str]:
     if br and raw:
         x = br["events_per_s"] / raw["events_per_s"] if raw["events_per_s"] else float("nan")
         rows.append(("sustained throughput ≥ 50 % of the raw producer", f"{fmt(100 * x, 0)} % ({fmt(br['events_per_s'], 0)} vs {fmt(raw['events_per_s'], 0)} events/s)", x >= 0.5))
+    br2 = b.get("bridge_r2")
+    if br and br2:
+        rows.append(("burst with two legs (every frame read twice and merged) beside one",
+                     f"{fmt(br2['events_per_s'], 0)} vs {fmt(br['events_per_s'], 0)} events/s "
+                     f"({ratio(br2['events_per_s'], br['events_per_s'])}); CPU s per 10,000 events "
+                     f"{fmt(br2['cpu_s_per_10k'], 3)} vs {fmt(br['cpu_s_per_10k'], 3)} "
+                     f"({ratio(br2['cpu_s_per_10k'], br['cpu_s_per_10k'])}); peak RSS "
+                     f"{fmt(br2['peak_rss_mib'])} vs {fmt(br['peak_rss_mib'])} MiB",
+                     "reported (no target)"))
     s = w.get("steady", {})
     if s.get("bridge"):
         br = s["bridge"]

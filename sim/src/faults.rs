@@ -151,6 +151,10 @@ pub enum Fault {
         /// Topic of the frames; default: the channel's first subscribed topic.
         #[serde(default)]
         topic: Option<String>,
+        /// As Genesys fans an event out: the same frames (same bodies, same CorrelationIds) on
+        /// every live channel subscribed to the topic, not only on the target.
+        #[serde(default)]
+        fan_out: bool,
     },
 }
 
@@ -328,25 +332,53 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
             target,
             count,
             topic,
+            fan_out,
         } => {
             let reg = sim.channels.lock().expect("channels lock");
             let fallback = default_burst_topic(sim);
-            for id in resolve(&reg.live_ids(), &target) {
+            let live = reg.live_ids();
+            let mut sent_to = HashSet::new();
+            for id in resolve(&live, &target) {
                 let Some(channel) = reg.get(&id) else {
                     continue;
                 };
-                let Some(link) = &channel.socket else {
+                if channel.socket.is_none() {
                     continue;
+                }
+                let topic: Arc<str> = Arc::from(
+                    topic
+                        .clone()
+                        .or_else(|| channel.topics().first().cloned())
+                        .unwrap_or_else(|| fallback.clone()),
+                );
+                let (recipients, burst_no) = if fan_out {
+                    let no = sim.next_shared_burst();
+                    let subscribed: Vec<String> = live
+                        .iter()
+                        .filter(|other| {
+                            reg.get(other).is_some_and(|c| {
+                                c.socket.is_some() && c.topics().iter().any(|t| **t == *topic)
+                            })
+                        })
+                        .cloned()
+                        .collect();
+                    (subscribed, Some(no))
+                } else {
+                    (vec![id], None)
                 };
-                let topic = topic
-                    .clone()
-                    .or_else(|| channel.topics().first().cloned())
-                    .unwrap_or_else(|| fallback.clone());
-                let _ = link.ctl.send(SocketCtl::Burst {
-                    count,
-                    topic: Arc::from(topic),
-                });
-                outcome.channels.push(id);
+                for rid in recipients {
+                    if !sent_to.insert(rid.clone()) {
+                        continue;
+                    }
+                    if let Some(link) = reg.get(&rid).and_then(|c| c.socket.as_ref()) {
+                        let _ = link.ctl.send(SocketCtl::Burst {
+                            count,
+                            topic: topic.clone(),
+                            burst_no,
+                        });
+                        outcome.channels.push(rid);
+                    }
+                }
             }
         }
     }
@@ -560,6 +592,26 @@ impl Faults<'_> {
             target,
             count,
             topic,
+            fan_out: false,
+        })
+        .channels
+    }
+
+    /// Like [`Self::burst`], but the same frames go to every live channel subscribed to the
+    /// topic (the target's first topic by default), as Genesys fans an event out.
+    pub fn burst_fan_out(
+        &self,
+        target: impl Into<Target>,
+        count: u64,
+        topic: Option<&str>,
+    ) -> Vec<String> {
+        let target = target.into();
+        let topic = topic.map(str::to_owned);
+        self.apply(Fault::Burst {
+            target,
+            count,
+            topic,
+            fan_out: true,
         })
         .channels
     }

@@ -33,8 +33,14 @@ pub(crate) enum SocketCtl {
     },
     /// Send a deliberately broken frame.
     Malformed { kind: MalformedKind, size: usize },
-    /// Push `count` pre-built event frames as fast as the socket takes them.
-    Burst { count: u64, topic: Arc<str> },
+    /// Push `count` pre-built event frames as fast as the socket takes them. `burst_no` names
+    /// the frames: the same number gives byte-identical frames on every socket (a fan-out);
+    /// `None` gives frames of this socket's own.
+    Burst {
+        count: u64,
+        topic: Arc<str>,
+        burst_no: Option<u64>,
+    },
 }
 
 /// The channel's side of a connected socket.

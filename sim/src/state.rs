@@ -5,6 +5,7 @@
 //! and requests locks are leaves.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub(crate) struct Sim {
     pub history: Mutex<History>,
     pub sys_rng: Mutex<SmallRng>,
     pub engine_tx: mpsc::UnboundedSender<EngineCmd>,
+    /// Fan-out bursts started so far (names their frames: see [`Sim::next_shared_burst`]).
+    shared_bursts: AtomicU64,
 }
 
 impl Sim {
@@ -71,8 +74,17 @@ impl Sim {
             history: Mutex::new(History::new(cfg.history_capacity)),
             sys_rng: Mutex::new(sys_rng),
             engine_tx,
+            shared_bursts: AtomicU64::new(0),
             cfg,
         }
+    }
+
+    /// The number naming the frames of a new fan-out burst: the same on every socket it goes
+    /// to, different from every other burst of this simulator (per-socket bursts mix the
+    /// connection id in; these set the top bit of the 32 bits that reach the frame ids).
+    pub fn next_shared_burst(&self) -> u64 {
+        let n = self.shared_bursts.fetch_add(1, Ordering::Relaxed);
+        (self.cfg.seed.wrapping_mul(7_919).wrapping_add(n) & 0x7fff_ffff) | 0x8000_0000
     }
 
     pub fn client(&self, client_id: &str) -> Option<&SimClient> {

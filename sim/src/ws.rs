@@ -343,7 +343,11 @@ impl SocketTask {
                 };
                 self.send_or_end(sent).await
             }
-            SocketCtl::Burst { count, topic } => self.burst(count, topic, ctl_rx).await,
+            SocketCtl::Burst {
+                count,
+                topic,
+                burst_no,
+            } => self.burst(count, topic, burst_no, ctl_rx).await,
         }
     }
 
@@ -360,11 +364,13 @@ impl SocketTask {
         &mut self,
         count: u64,
         topic: Arc<str>,
+        shared: Option<u64>,
         ctl_rx: &mut mpsc::UnboundedReceiver<SocketCtl>,
     ) -> Result<(), End> {
         self.bursts += 1;
-        let burst_no =
-            self.sim.cfg.seed.wrapping_mul(1_000_003) ^ (self.conn_id << 20) ^ self.bursts;
+        let burst_no = shared.unwrap_or_else(|| {
+            self.sim.cfg.seed.wrapping_mul(1_000_003) ^ (self.conn_id << 20) ^ self.bursts
+        });
         let mut built = 0u64;
         while built < count {
             let n = BURST_CHUNK.min(count - built);

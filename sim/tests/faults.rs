@@ -390,6 +390,67 @@ async fn burst_pushes_exactly_n_unique_events() {
     assert_eq!(ledger_ids, received, "ledger order is the order received");
 }
 
+/// A fan-out burst goes, byte for byte, to every live channel subscribed to the topic (as
+/// Genesys fans an event out), and to no channel that is not subscribed to it.
+#[actix_rt::test]
+async fn fan_out_burst_sends_the_same_frames_to_every_subscribed_channel() {
+    let sim = start(fast_config());
+    let api = Api::login(&sim.base_url()).await;
+    let topics = queue_topics(&sim);
+    let (a, uri_a) = api.channel().await;
+    let (b, uri_b) = api.channel().await;
+    let (c, uri_c) = api.channel().await;
+    api.subscribe_ok(&a, std::slice::from_ref(&topics[1])).await;
+    api.subscribe_ok(&b, std::slice::from_ref(&topics[1])).await;
+    api.subscribe_ok(&c, std::slice::from_ref(&topics[2])).await;
+    let mut sockets = [
+        Socket::connect(&uri_a).await,
+        Socket::connect(&uri_b).await,
+        Socket::connect(&uri_c).await,
+    ];
+    let resp = post_fault(
+        &sim.base_url(),
+        json!({"fault": "burst", "target": a, "count": 300, "fan_out": true}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let mut got: Vec<Vec<String>> = Vec::new();
+    for socket in &mut sockets[..2] {
+        let mut frames = Vec::new();
+        while frames.len() < 300 {
+            let (text, _) = socket
+                .next_json_where(|v| v["topicName"] == topics[1].as_str())
+                .await;
+            frames.push(text);
+        }
+        got.push(frames);
+    }
+    assert_eq!(
+        got[0], got[1],
+        "both subscribed channels get the same frames, in order"
+    );
+    assert_eq!(got[0].iter().collect::<HashSet<_>>().len(), 300);
+    let ledger = sim.sent_events();
+    assert_eq!(ledger.iter().filter(|e| e.channel_id == a).count(), 300);
+    assert_eq!(ledger.iter().filter(|e| e.channel_id == b).count(), 300);
+    assert!(
+        ledger.iter().all(|e| e.channel_id != c),
+        "a channel not subscribed to the topic gets none of it"
+    );
+    // The next fan-out burst is a different burst (new ids), and a plain one is per socket.
+    let resp = post_fault(
+        &sim.base_url(),
+        json!({"fault": "burst", "target": b, "count": 10, "fan_out": true}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let (text, _) = sockets[0]
+        .next_json_where(|v| v["topicName"] == topics[1].as_str())
+        .await;
+    assert!(!got[0].contains(&text));
+    drop(sockets);
+}
+
 #[actix_rt::test]
 async fn fault_endpoint_targets_and_errors() {
     let sim = start(fast_config());
