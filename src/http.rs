@@ -92,7 +92,8 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
 }
 
 /// Test hooks (`[debug] fault_injection = true` only): `POST /debug/panic/{actor}`,
-/// `POST /debug/hang/{actor}?seconds=N`.
+/// `POST /debug/hang/{actor}?seconds=N`, `POST /debug/refuse-status/socket-N?count=N` (the next
+/// N status records of that shard find the spool full).
 async fn inject_fault(
     state: web::Data<HttpState>,
     path: web::Path<(String, String)>,
@@ -110,6 +111,10 @@ async fn inject_fault(
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(30);
             InjectFault::Hang(Duration::from_secs(seconds))
+        }
+        "refuse-status" => {
+            let count = query.get("count").and_then(|s| s.parse().ok()).unwrap_or(1);
+            InjectFault::RefuseStatus(count)
         }
         _ => return HttpResponse::NotFound().finish(),
     };

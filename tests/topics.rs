@@ -179,3 +179,58 @@ templates = [
         || bridge.metric("genesys_bridge_events_produced_total") > 10.0,
     );
 }
+
+/// A topic set that shrinks to fewer shards (a queue deleted, found by the periodic refresh)
+/// stops the trailing shard it empties: its actor ends, its sockets close and its channel slots
+/// are given back; the other shard keeps its topics and sockets.
+#[test]
+fn a_shrinking_topic_set_stops_the_trailing_shard_and_frees_its_channels() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        queues: 6,
+        agents: 4,
+        rate_per_sec: 2.0,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Six queue topics of five per channel: two shards (five and one), two legs each.
+    let extra = r#"
+[topics]
+templates = [{ template = "v2.routing.queues.{id}.conversations" }]
+per_channel = 5
+refresh_interval = "300ms"
+"#;
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), extra),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(60));
+    wait_legs_streaming(&bridge, 2, 2, Duration::from_secs(60));
+    assert_eq!(bridge.metric("genesys_bridge_channels_held"), 4.0);
+    // Topics are placed in order: the last queue topic is the trailing shard's only one.
+    let gone = sim.queue_ids().into_iter().max().unwrap();
+    assert!(sim.delist_queue(&gone));
+    let gone_topic = format!("v2.routing.queues.{gone}.conversations");
+    wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(60));
+    wait_until(
+        "two sockets left, on the five remaining topics",
+        Duration::from_secs(30),
+        || {
+            let connected: Vec<_> = sim.channels().into_iter().filter(|c| c.connected).collect();
+            connected.len() == 2
+                && connected
+                    .iter()
+                    .all(|c| c.topics.len() == 5 && !c.topics.contains(&gone_topic))
+        },
+    );
+    wait_until(
+        "the trailing shard's slots given back",
+        Duration::from_secs(30),
+        || bridge.metric("genesys_bridge_channels_held") == 2.0,
+    );
+    assert_eq!(bridge.metric("genesys_bridge_topics_subscribed"), 5.0);
+    assert_eq!(bridge.status()["shards"].as_array().unwrap().len(), 1);
+}

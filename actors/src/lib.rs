@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod messages;
 pub mod metrics;
 pub mod peers;
+pub mod private_fs;
 pub mod producer;
 pub mod secret;
 pub mod shard_state;

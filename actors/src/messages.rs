@@ -68,6 +68,9 @@ pub struct AreYouAlive;
 pub enum InjectFault {
     Panic,
     Hang(std::time::Duration),
+    /// SocketActor only: the next N status records (gap, rollover, channel) find the spool
+    /// full, as if its gap headroom were used up (tests prove they wait on disk, in order).
+    RefuseStatus(u32),
 }
 
 impl InjectFault {
@@ -82,6 +85,12 @@ impl InjectFault {
             InjectFault::Hang(duration) => {
                 tracing::warn!(actor, ?duration, "injected hang");
                 std::thread::sleep(duration);
+            }
+            InjectFault::RefuseStatus(_) => {
+                tracing::warn!(
+                    actor,
+                    "status refusals apply to socket actors only; ignored"
+                );
             }
         }
     }

@@ -540,11 +540,15 @@ impl Supervisor {
             if let Some(slot) = self.peers.socket(shard) {
                 if let Some(addr) = slot.get() {
                     let arbiter = child.arbiter;
+                    let health = self.health.clone();
                     actix_rt::spawn(async move {
                         let _ =
                             tokio::time::timeout(Duration::from_secs(5), addr.send(StopReading))
                                 .await;
                         arbiter.stop();
+                        // It publishes nothing once stopping; what it published before the
+                        // stop reached it must not bring the shard back into /status.
+                        health.remove_shard(shard);
                     });
                 } else {
                     child.arbiter.stop();

@@ -377,3 +377,45 @@ fn wait_until(condition: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Issue #14 defect 9: every file of the spool holds customer data or sits beside it: 0600, in a
+/// 0700 directory, whatever the umask; files an older version left readable are narrowed.
+#[test]
+fn spool_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("spool");
+    {
+        let (spool, _) = Spool::open(small_config(&dir)).expect("open");
+        for n in 1..=40 {
+            let seq = append(&spool, &event(n));
+            spool.ack(seq).expect("ack");
+        }
+        spool.sync().expect("sync");
+        assert_eq!(mode(&dir), 0o700, "spool directory");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "seg")));
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        // As an older version left them.
+        for file in &files {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (_spool, _) = Spool::open(small_config(&dir)).expect("reopen");
+    assert_eq!(mode(&dir), 0o700);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+}

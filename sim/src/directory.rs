@@ -49,6 +49,8 @@ pub(crate) struct Directory {
     pub users: Vec<User>,
     queue_index: HashMap<String, usize>,
     user_index: HashMap<String, usize>,
+    /// Queues no longer listed by `GET /api/v2/routing/queues` (see [`Directory::delist_queue`]).
+    delisted: std::collections::HashSet<String>,
     division: DivisionRef,
     agents_per_queue: usize,
     rng: SmallRng,
@@ -68,6 +70,7 @@ impl Directory {
             users: Vec::new(),
             queue_index: HashMap::new(),
             user_index: HashMap::new(),
+            delisted: Default::default(),
             division,
             agents_per_queue: agents,
             rng,
@@ -109,6 +112,20 @@ impl Directory {
         self.queue_index.insert(id.clone(), self.queues.len());
         self.queues.push(queue);
         id
+    }
+
+    /// Stops listing a queue (as if it were deleted from the org's directory); the
+    /// conversation model and subscriptions still know it. True if it was listed.
+    pub fn delist_queue(&mut self, id: &str) -> bool {
+        self.queue_index.contains_key(id) && self.delisted.insert(id.to_owned())
+    }
+
+    /// The queues `GET /api/v2/routing/queues` lists.
+    pub fn listed_queues(&self) -> Vec<&Queue> {
+        self.queues
+            .iter()
+            .filter(|q| !self.delisted.contains(&q.id))
+            .collect()
     }
 
     pub fn has_queue(&self, id: &str) -> bool {

@@ -130,6 +130,16 @@ pub enum Fault {
         #[serde(default)]
         target: Target,
     },
+    /// Answer every subscription request (`PUT`/`POST …/subscriptions`) that names one of
+    /// `topics` with 503: a shard holding them cannot subscribe, others can. Until
+    /// `clear_refuse_subscriptions`, or for `duration_ms`.
+    RefuseSubscriptions {
+        topics: Vec<String>,
+        #[serde(default)]
+        duration_ms: Option<u64>,
+    },
+    /// End every `refuse_subscriptions`.
+    ClearRefuseSubscriptions,
     /// Answer REST calls with 429/500 or late.
     Rest(RestFault),
     /// Remove every pending REST fault.
@@ -316,6 +326,21 @@ pub(crate) fn apply(sim: &Sim, fault: Fault) -> FaultOutcome {
             let mut reg = sim.channels.lock().expect("channels lock");
             outcome.channels = reg.set_accept_then_close(target_id(&target), None);
         }
+        Fault::RefuseSubscriptions {
+            topics,
+            duration_ms,
+        } => {
+            let until = duration_ms.map(|ms| now + Duration::from_millis(ms));
+            sim.refused_subscriptions
+                .lock()
+                .expect("refusals lock")
+                .push((topics.into_iter().collect(), until));
+        }
+        Fault::ClearRefuseSubscriptions => sim
+            .refused_subscriptions
+            .lock()
+            .expect("refusals lock")
+            .clear(),
         Fault::Rest(rest) => sim.rest_faults.lock().expect("faults lock").push(rest),
         Fault::ClearRest => sim.rest_faults.lock().expect("faults lock").clear(),
         Fault::Malformed { target, kind, size } => {
@@ -571,6 +596,19 @@ impl Faults<'_> {
     /// Removes every pending REST fault.
     pub fn clear_rest(&self) {
         self.apply(Fault::ClearRest);
+    }
+
+    /// Subscription requests naming one of `topics` get 503 (until cleared, or for `duration`).
+    pub fn refuse_subscriptions(&self, topics: &[String], duration: Option<Duration>) {
+        self.apply(Fault::RefuseSubscriptions {
+            topics: topics.to_vec(),
+            duration_ms: duration.map(|d| d.as_millis() as u64),
+        });
+    }
+
+    /// Ends every `refuse_subscriptions`.
+    pub fn clear_refuse_subscriptions(&self) {
+        self.apply(Fault::ClearRefuseSubscriptions);
     }
 
     /// Sends one malformed frame (`size` is used by `Oversized`).

@@ -226,6 +226,16 @@ impl SimHandle {
             .add_queue(name)
     }
 
+    /// Stops listing a queue in `GET /api/v2/routing/queues` (a topic set discovered from the
+    /// directory shrinks); the model and subscriptions still know it. True if it was listed.
+    pub fn delist_queue(&self, id: &str) -> bool {
+        self.sim
+            .directory
+            .write()
+            .expect("directory lock")
+            .delist_queue(id)
+    }
+
     /// Every channel, live first (oldest first), then the dead ones remembered.
     pub fn channels(&self) -> Vec<ChannelInfo> {
         self.sim.channels.lock().expect("channels lock").infos()

@@ -200,6 +200,13 @@ async fn subscribe(
         ));
     }
     let requested: Vec<String> = requested.into_iter().map(|t| t.id).collect();
+    if let Some(topic) = sim.refused_topic(&requested) {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service.unavailable",
+            format!("Subscriptions including {topic} are refused (simulator fault)"),
+        );
+    }
     let eval = match evaluate(&sim, &caller, &requested) {
         Ok(e) => e,
         Err(resp) => return resp,
@@ -353,7 +360,12 @@ pub(crate) async fn list_queues(sim: web::Data<Sim>, req: HttpRequest, q: Query)
         Err(resp) => return resp,
     };
     let dir = sim.directory.read().expect("directory lock");
-    HttpResponse::Ok().json(page(&dir.queues, size, number, "/api/v2/routing/queues"))
+    HttpResponse::Ok().json(page(
+        &dir.listed_queues(),
+        size,
+        number,
+        "/api/v2/routing/queues",
+    ))
 }
 
 /// `GET /api/v2/users?pageSize=&pageNumber=` (needs `directory:user:view`).

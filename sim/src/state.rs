@@ -46,6 +46,8 @@ pub(crate) struct Sim {
     pub history: Mutex<History>,
     pub sys_rng: Mutex<SmallRng>,
     pub engine_tx: mpsc::UnboundedSender<EngineCmd>,
+    /// `refuse_subscriptions` faults: topics, and until when (`None`: until cleared).
+    pub refused_subscriptions: Mutex<Vec<(HashSet<String>, Option<Instant>)>>,
     /// Fan-out bursts started so far (names their frames: see [`Sim::next_shared_burst`]).
     shared_bursts: AtomicU64,
 }
@@ -74,9 +76,21 @@ impl Sim {
             history: Mutex::new(History::new(cfg.history_capacity)),
             sys_rng: Mutex::new(sys_rng),
             engine_tx,
+            refused_subscriptions: Mutex::new(Vec::new()),
             shared_bursts: AtomicU64::new(0),
             cfg,
         }
+    }
+
+    /// The first of `topics` that a `refuse_subscriptions` fault in force names.
+    pub fn refused_topic<'a>(&self, topics: &'a [String]) -> Option<&'a str> {
+        let now = Instant::now();
+        let mut refusals = self.refused_subscriptions.lock().expect("refusals lock");
+        refusals.retain(|(_, until)| until.is_none_or(|u| u > now));
+        topics
+            .iter()
+            .find(|t| refusals.iter().any(|(set, _)| set.contains(*t)))
+            .map(String::as_str)
     }
 
     /// The number naming the frames of a new fan-out burst: the same on every socket it goes

@@ -451,6 +451,47 @@ async fn fan_out_burst_sends_the_same_frames_to_every_subscribed_channel() {
     drop(sockets);
 }
 
+/// `refuse_subscriptions`: a request naming one of the topics gets 503, others go through, and
+/// clearing it lets the same request through.
+#[actix_rt::test]
+async fn refused_subscriptions_answer_503_for_the_named_topics_only() {
+    let sim = start(fast_config());
+    let api = Api::login(&sim.base_url()).await;
+    let topics = queue_topics(&sim);
+    let (a, _) = api.channel().await;
+    let resp = post_fault(
+        &sim.base_url(),
+        json!({"fault": "refuse_subscriptions", "topics": [topics[1]]}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let both = [topics[0].clone(), topics[1].clone()];
+    let resp = api.subscribe(&a, &both, "?ignoreErrors=true").await;
+    assert_eq!(
+        resp.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        resp.body
+    );
+    api.subscribe_ok(&a, std::slice::from_ref(&topics[0])).await;
+    let resp = post_fault(
+        &sim.base_url(),
+        json!({"fault": "clear_refuse_subscriptions"}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    api.subscribe_ok(&a, &both).await;
+    // With a duration it ends by itself.
+    sim.faults()
+        .refuse_subscriptions(&both[1..], Some(Duration::from_millis(200)));
+    let resp = api.subscribe(&a, &both, "").await;
+    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+    eventually("the refusal to end", || async {
+        api.subscribe(&a, &both, "").await.status == StatusCode::OK
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn fault_endpoint_targets_and_errors() {
     let sim = start(fast_config());

@@ -324,6 +324,8 @@ pub struct Reconciled {
     pub expected: usize,
     /// Of those, not in Kafka.
     pub missing: Vec<genesys_sim::PublishedEntry>,
+    /// Of those, in Kafka.
+    pub landed: Vec<genesys_sim::PublishedEntry>,
     /// Records in Kafka beyond what was published (a frame more often than it was published).
     pub duplicated: usize,
 }
@@ -359,11 +361,14 @@ pub fn reconcile(
         *seen.entry(&entry.frame).or_default() += 1;
     }
     let mut missing = Vec::new();
+    let mut landed = Vec::new();
     for entry in &since {
         let nth = seen.entry(&entry.frame).or_default();
         *nth += 1;
         if in_kafka.get(&*entry.frame).copied().unwrap_or(0) < *nth {
             missing.push((*entry).clone());
+        } else {
+            landed.push((*entry).clone());
         }
     }
     let duplicated = in_kafka
@@ -373,6 +378,7 @@ pub fn reconcile(
     Reconciled {
         expected: since.len(),
         missing,
+        landed,
         duplicated,
     }
 }

@@ -78,7 +78,7 @@ pub struct BackfillQueue {
 impl BackfillQueue {
     /// Opens (or creates) `dir/backfill.json`. A damaged file is set aside, not trusted.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::private_fs::create_dir(dir)?;
         let path = dir.join("backfill.json");
         let gaps = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<QueueFile>(&bytes) {
@@ -111,7 +111,11 @@ impl BackfillQueue {
         })?;
         {
             use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
+            let mut file = crate::private_fs::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp)?;
             file.write_all(&bytes)?;
             file.sync_data()?;
         }

@@ -89,12 +89,33 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Parses `Retry-After` (seconds; Genesys does not send HTTP dates).
+/// The longest wait a `Retry-After` is obeyed for: a longer one (`1e20`) is absurd, not a plan.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// The longest token lifetime believed: Genesys issues tokens for at most 48 hours.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Parses `Retry-After` (seconds; Genesys does not send HTTP dates), at most
+/// [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .map(Duration::from_secs_f64)
+        .map(|secs| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// A token's `expires_in` (seconds) as a lifetime, at most [`MAX_TOKEN_LIFETIME`] (a larger one
+/// would overflow deadlines computed from it).
+pub fn token_lifetime(expires_in: u64) -> Duration {
+    let lifetime = Duration::from_secs(expires_in);
+    if lifetime > MAX_TOKEN_LIFETIME {
+        tracing::warn!(
+            expires_in,
+            max_s = MAX_TOKEN_LIFETIME.as_secs(),
+            "implausible token lifetime from the login server; using the maximum"
+        );
+    }
+    lifetime.min(MAX_TOKEN_LIFETIME)
 }
 
 /// Builds the HTTP/1.1-only awc client used for REST and WebSockets.
@@ -181,7 +202,7 @@ impl GenesysClient {
             serde_json::from_slice(&body).map_err(|e| RestError::Decode(e.to_string()))?;
         Ok(AccessToken {
             token: Secret::new(token.access_token),
-            expires_in: Duration::from_secs(token.expires_in),
+            expires_in: token_lifetime(token.expires_in),
         })
     }
 
@@ -348,5 +369,16 @@ mod tests {
         );
         assert_eq!(parse_retry_after(Some("-1")), None);
         assert_eq!(parse_retry_after(None), None);
+    }
+
+    #[test]
+    fn absurd_durations_from_the_network_are_clamped_not_fatal() {
+        // `Duration::from_secs_f64(1e20)` panics; a deadline a century away overflows.
+        assert_eq!(parse_retry_after(Some("1e20")), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(Some("1e400")), None, "infinite");
+        assert_eq!(parse_retry_after(Some("NaN")), None);
+        assert_eq!(token_lifetime(u64::MAX), MAX_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(86_400), Duration::from_secs(86_400));
+        let _deadline = std::time::Instant::now() + token_lifetime(u64::MAX);
     }
 }

@@ -2,7 +2,6 @@
 //! callback that acknowledges them in the spool.
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,7 +137,7 @@ impl DeliveryContext {
             }
         }
         let _guard = self.dead_letter_lock.lock();
-        let written = OpenOptions::new()
+        let written = crate::private_fs::options()
             .create(true)
             .append(true)
             .open(&self.dead_letter_file)
@@ -181,6 +180,8 @@ impl Pump {
         metrics: Arc<Metrics>,
     ) -> Result<Self, KafkaError> {
         let (sender, receiver) = mpsc::unbounded_channel();
+        // One written 0644 by an earlier version holds customer data too.
+        crate::private_fs::narrow(&settings.dead_letter_file, crate::private_fs::FILE_MODE);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let wake = Arc::new(Notify::new());
         let context = DeliveryContext {

@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::shard_state::{DropSpan, MAX_PENDING_STATUS};
 use crate::spool::{AppendOutcome, Record, RecordKind, SpoolError};
 
+/// A drop span (`drop-newest`) is over, and reported, after this long without a drop.
+pub(super) const DROP_SPAN_QUIET_MS: i64 = 1000;
+
 fn at(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
@@ -145,6 +148,14 @@ impl SocketActor {
     }
 
     fn append_status(&mut self, body: &serde_json::Value) -> bool {
+        if self.refuse_status > 0 {
+            self.refuse_status -= 1;
+            tracing::warn!(
+                shard = self.shard,
+                "status record waits for room in the spool (injected)"
+            );
+            return false;
+        }
         let payload = serde_json::to_vec(body).unwrap_or_default();
         let record = Record::gap(self.shard, Utc::now().timestamp_millis(), payload);
         match self.spool.append(&record) {
@@ -192,8 +203,8 @@ impl SocketActor {
         match self.spool.append(&record) {
             Ok(AppendOutcome::Appended { .. }) => {
                 self.metrics.events_appended.inc();
-                if self.drop_pending && record.kind == RecordKind::Event {
-                    self.report_dropped(ctx);
+                if record.kind == RecordKind::Event {
+                    self.report_dropped_if_over(ctx);
                 }
                 true
             }
@@ -256,7 +267,23 @@ impl SocketActor {
         }
     }
 
-    /// The spool took an event again: one gap record for what this shard's drop span lost.
+    /// Reports the drop span once it is over: no drop for [`DROP_SPAN_QUIET_MS`]. A spool that
+    /// takes an event now and then while it stays full (room for one, then full again) makes
+    /// one record for the episode, not one per flip. Called on every event appended and from
+    /// the housekeeping tick (drops that stop because traffic stops are reported too).
+    pub(super) fn report_dropped_if_over(&mut self, ctx: &mut Context<Self>) {
+        if !self.drop_pending {
+            return;
+        }
+        let last_drop = self.cell.lock().drop_span.map(|span| span.last_ms);
+        let over =
+            last_drop.is_none_or(|last| Utc::now().timestamp_millis() - last >= DROP_SPAN_QUIET_MS);
+        if over {
+            self.report_dropped(ctx);
+        }
+    }
+
+    /// One gap record for what this shard's drop span lost.
     pub(super) fn report_dropped(&mut self, ctx: &mut Context<Self>) {
         self.drop_pending = false;
         let span = self.cell.lock().drop_span.take();

@@ -269,6 +269,8 @@ pub struct SocketActor {
     drop_pending: bool,
     /// A retry of status records the spool refused.
     status_retry: Option<SpawnHandle>,
+    /// Test hook (`InjectFault::RefuseStatus`): status appends still to refuse.
+    refuse_status: u32,
     /// Where closed gaps go to be filled from the analytics API (when backfill is enabled).
     backfill: Option<BackfillQueue>,
 }
@@ -320,6 +322,7 @@ impl SocketActor {
             last_seen_report: None,
             drop_pending: false,
             status_retry: None,
+            refuse_status: 0,
             backfill,
             settings,
         }
@@ -349,6 +352,11 @@ impl SocketActor {
 
     /// Writes the legs' state to `/status` and the metrics (on changes, not per frame).
     fn publish_health(&mut self) {
+        if self.stopping {
+            // A stopped shard may have been removed from the topic set: its status must not
+            // come back (and a process shutting down reports nothing more per shard).
+            return;
+        }
         let last_frame = self.last_frame_wall;
         let mut legs = Vec::with_capacity(self.legs.len());
         for leg in &mut self.legs {
@@ -356,7 +364,7 @@ impl SocketActor {
                 .current
                 .as_ref()
                 .is_some_and(|c| c.first_frame_seen && c.covering);
-            leg.status.phase = if self.paused || self.stopping {
+            leg.status.phase = if self.paused {
                 ShardPhase::Paused
             } else if up {
                 ShardPhase::Streaming
@@ -577,7 +585,17 @@ impl Handler<AreYouAlive> for SocketActor {
 impl Handler<InjectFault> for SocketActor {
     type Result = ();
     fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
-        fault.apply(self.settings.allow_fault_injection, "SocketActor");
+        match fault {
+            InjectFault::RefuseStatus(count) if self.settings.allow_fault_injection => {
+                tracing::warn!(
+                    shard = self.shard,
+                    count,
+                    "injected: the next status records find the spool full"
+                );
+                self.refuse_status = count;
+            }
+            other => other.apply(self.settings.allow_fault_injection, "SocketActor"),
+        }
     }
 }
 
@@ -633,6 +651,7 @@ impl SocketActor {
             return;
         }
         self.check_wanted(ctx);
+        self.report_dropped_if_over(ctx);
         if !self.cell.lock().pending_status.is_empty() {
             self.flush_pending_status(ctx);
         }

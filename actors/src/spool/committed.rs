@@ -13,7 +13,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -77,7 +77,7 @@ pub(crate) fn write_committed(dir: &Path, committed: u64) -> io::Result<()> {
     bytes[16..20].copy_from_slice(&crc.to_le_bytes());
 
     let tmp_path = dir.join(COMMITTED_TMP_FILE);
-    let mut tmp = OpenOptions::new()
+    let mut tmp = crate::private_fs::options()
         .write(true)
         .create(true)
         .truncate(true)

@@ -9,7 +9,7 @@
 //! closed spool still counts as locked. The bridge spawns no children; the recovery tests, which
 //! do, serialise around it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +28,7 @@ pub(crate) struct DirLock {
 // newer toolchain. The alternative, an O_EXCL pid file, goes stale on SIGKILL.
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, SpoolError> {
     let lock_path: PathBuf = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
+    let mut file = crate::private_fs::options()
         .read(true)
         .write(true)
         .create(true)

@@ -155,7 +155,7 @@ impl Spool {
     /// reported in the [`RecoveryReport`].
     pub fn open(config: SpoolConfig) -> Result<(Spool, RecoveryReport), SpoolError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.dir)
+        crate::private_fs::create_dir(&config.dir)
             .map_err(|error| SpoolError::io(format!("creating {}", config.dir.display()), error))?;
         let lock = lock::lock_dir(&config.dir)?;
         let recovered = recovery::recover(&config)?;

@@ -299,6 +299,8 @@ fn recover_segment(
         .write(true)
         .open(path)
         .map_err(|error| io_error("opening", error))?;
+    // Written 0644 by versions before 0600 was enforced.
+    crate::private_fs::narrow(path, crate::private_fs::FILE_MODE);
     let file_len = file
         .metadata()
         .map_err(|error| io_error("reading metadata of", error))?

@@ -14,7 +14,7 @@
 //! Frames (see [`record`](super::record)) follow back to back. Sequence numbers inside one
 //! segment are contiguous: the n-th frame has `first_seq + n`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -145,7 +145,7 @@ impl Segment {
     /// directory and file for the next group commit).
     pub(crate) fn create(dir: &Path, first_seq: u64) -> io::Result<Segment> {
         let path = dir.join(segment_file_name(first_seq));
-        let file = OpenOptions::new()
+        let file = crate::private_fs::options()
             .read(true)
             .write(true)
             .create_new(true)
