@@ -398,3 +398,88 @@ fn a_quiet_org_keeps_its_sockets_every_ping_is_answered() {
     );
     assert!(gap_records(&s.kafka).is_empty());
 }
+
+/// #13 defect 9: a token refreshed while a leg is between channels (its next channel being made
+/// with the token about to expire) still gets that leg onto the new token before the old one
+/// expires: no socket dies with the old token.
+#[test]
+fn a_token_refreshed_while_a_leg_is_between_channels_moves_that_leg_too() {
+    use genesys_sim::{ChannelDeath, ChannelEvent, RestFault, RestFaultKind, RestScope};
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = genesys_sim::Simulator::start(SimConfig {
+        token_lifetime: Duration::from_secs(24),
+        ..sim_config()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Each token is refreshed 14 s before it expires: 10 s after it was issued.
+    let config = test_config(&sim.base_url(), &kafka.brokers(), EXTRA).replace(
+        "request_timeout = \"5s\"",
+        "request_timeout = \"5s\"\ntoken_refresh_margin = \"14s\"\ntoken_min_refresh_interval = \"1s\"",
+    );
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(20));
+    let expires: chrono::DateTime<chrono::Utc> = bridge.status()["token"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let log_from = sim.channel_log().last().map(|e| e.seq + 1).unwrap_or(0);
+    // The fault's schedule: 1.5 s before the refresh, channel creation and subscription start
+    // answering 2.5 s late (for 8 s), and one leg's channel announces its end, so that leg is
+    // between channels, on a request made with the old token, when the token is refreshed.
+    let refresh_at = expires - chrono::Duration::seconds(14);
+    let until_fault = (refresh_at - chrono::Duration::milliseconds(1500) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    std::thread::sleep(until_fault);
+    let tokens_before = sim.tokens_issued();
+    sim.faults().rest(RestFault {
+        kind: RestFaultKind::Delay,
+        count: None,
+        duration_ms: Some(8000),
+        scope: RestScope::Api,
+        retry_after_s: 1,
+        delay_ms: 2500,
+    });
+    let victim = connected_channels(&sim)[0].clone();
+    assert_eq!(
+        sim.faults()
+            .socket_closing(Target::from(&victim), None)
+            .len(),
+        1
+    );
+    wait_until("the token refreshed", Duration::from_secs(20), || {
+        sim.tokens_issued() > tokens_before
+    });
+    wait_until(
+        "the first token expired",
+        Duration::from_secs(30),
+        || chrono::Utc::now() > expires + chrono::Duration::seconds(2),
+    );
+    let died_with_the_token: Vec<_> = sim
+        .channel_log_since(log_from)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                ChannelEvent::Died {
+                    reason: ChannelDeath::TokenExpired,
+                    had_socket: true
+                }
+            )
+        })
+        .collect();
+    assert!(
+        died_with_the_token.is_empty(),
+        "sockets died with the old token: {died_with_the_token:?}"
+    );
+    wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(20));
+    assert_eq!(
+        bridge.metric("genesys_bridge_leg_losses_total{reason=\"closed\"}"),
+        0.0
+    );
+    assert!(gap_records(&kafka).is_empty());
+}
