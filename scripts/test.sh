@@ -15,4 +15,6 @@ export TANSU_BIN="${TANSU_BIN:-$(command -v tansu)}"
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
-exec cargo nextest run --workspace --no-fail-fast "$@"
+# The end-to-end tests inject faults into the bridge (`POST /debug/*`): a cargo feature that
+# release builds leave off.
+exec cargo nextest run --workspace --features genesys-kafka-bridge/fault-injection --no-fail-fast "$@"

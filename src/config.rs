@@ -490,6 +490,12 @@ impl Config {
     /// Checks what serde cannot: relations between keys and value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.endpoints()?;
+        if self.debug.fault_injection && !cfg!(feature = "fault-injection") {
+            return Err(invalid(
+                "debug.fault_injection",
+                "this build has no fault injection (it is for tests: cargo feature `fault-injection`)",
+            ));
+        }
         let t = &self.topics;
         if t.explicit.is_empty() && t.templates.is_empty() {
             return Err(invalid(
@@ -657,7 +663,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for (key, value) in shown.kafka.properties.iter_mut() {
-            if is_secret_property(key) {
+            if genesys_actors::producer::is_secret_property(key) {
                 *value = "<redacted>".into();
             }
         }
@@ -744,20 +750,6 @@ impl Config {
             allow_fault_injection: fault_injection,
         })
     }
-}
-
-fn is_secret_property(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "key.pem",
-        "certificate.pem",
-        "jaas",
-    ]
-    .iter()
-    .any(|marker| key.contains(marker))
 }
 
 #[cfg(test)]

@@ -7,9 +7,12 @@ use actix::Addr;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use chrono::Utc;
 use genesys_actors::health::Health;
+#[cfg(feature = "fault-injection")]
 use genesys_actors::messages::InjectFault;
 use genesys_actors::metrics::Metrics;
-use genesys_actors::supervisor::{CheckLive, FaultActor, Supervisor};
+#[cfg(feature = "fault-injection")]
+use genesys_actors::supervisor::FaultActor;
+use genesys_actors::supervisor::{CheckLive, Supervisor};
 use serde_json::json;
 
 #[derive(Clone)]
@@ -18,6 +21,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub supervisor: Addr<Supervisor>,
     pub liveness_deadline: Duration,
+    /// `[debug] fault_injection` (read only in builds with the `fault-injection` feature).
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     pub fault_injection: bool,
 }
 
@@ -91,9 +96,11 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok().json(snapshot)
 }
 
-/// Test hooks (`[debug] fault_injection = true` only): `POST /debug/panic/{actor}`,
+/// Test hooks (built with the `fault-injection` feature, and `[debug] fault_injection = true`
+/// only): `POST /debug/panic/{actor}`,
 /// `POST /debug/hang/{actor}?seconds=N`, `POST /debug/refuse-status/socket-N?count=N` (the next
 /// N status records of that shard find the spool full).
+#[cfg(feature = "fault-injection")]
 async fn inject_fault(
     state: web::Data<HttpState>,
     path: web::Path<(String, String)>,
@@ -135,13 +142,15 @@ pub fn server(
 ) -> std::io::Result<(actix_web::dev::Server, std::net::SocketAddr)> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
             .route("/livez", web::get().to(livez))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
-            .route("/status", web::get().to(status))
-            .route("/debug/{kind}/{actor}", web::post().to(inject_fault))
+            .route("/status", web::get().to(status));
+        #[cfg(feature = "fault-injection")]
+        let app = app.route("/debug/{kind}/{actor}", web::post().to(inject_fault));
+        app
     })
     .workers(1)
     .disable_signals()

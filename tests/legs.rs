@@ -454,11 +454,9 @@ fn a_token_refreshed_while_a_leg_is_between_channels_moves_that_leg_too() {
     wait_until("the token refreshed", Duration::from_secs(20), || {
         sim.tokens_issued() > tokens_before
     });
-    wait_until(
-        "the first token expired",
-        Duration::from_secs(30),
-        || chrono::Utc::now() > expires + chrono::Duration::seconds(2),
-    );
+    wait_until("the first token expired", Duration::from_secs(30), || {
+        chrono::Utc::now() > expires + chrono::Duration::seconds(2)
+    });
     let died_with_the_token: Vec<_> = sim
         .channel_log_since(log_from)
         .into_iter()

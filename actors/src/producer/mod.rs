@@ -23,8 +23,24 @@ use crate::metrics::Metrics;
 use crate::spool::Spool;
 use routing::Router;
 
+/// Whether a librdkafka property's value is a secret (never logged or printed).
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "certificate.pem",
+        "jaas",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|marker| key.contains(marker))
+}
+
 /// How records reach Kafka.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// librdkafka properties (`bootstrap.servers`, SASL/TLS, tuning). The bridge sets
     /// `enable.idempotence=true`, `acks=all` and `message.timeout.ms=0` unless given here.
@@ -41,6 +57,34 @@ pub struct KafkaSettings {
     /// Records handed to librdkafka and not yet acknowledged, at most.
     pub max_in_flight: usize,
     pub allow_fault_injection: bool,
+}
+
+/// Secret properties (SASL passwords, private keys) are shown redacted.
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_property(key) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("properties", &properties)
+            .field("router", &self.router)
+            .field("status_topic", &self.status_topic)
+            .field("backfill_topic", &self.backfill_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("dead_letter_file", &self.dead_letter_file)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("allow_fault_injection", &self.allow_fault_injection)
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -152,5 +196,38 @@ impl Handler<InjectFault> for KafkaProducerActor {
     type Result = ();
     fn handle(&mut self, fault: InjectFault, _: &mut Self::Context) {
         fault.apply(self.settings.allow_fault_injection, "KafkaProducerActor");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret_property() {
+        let settings = KafkaSettings {
+            properties: BTreeMap::from([
+                ("bootstrap.servers".to_string(), "broker:9092".to_string()),
+                ("sasl.password".to_string(), "hunter2".to_string()),
+                ("ssl.key.pem".to_string(), "-----BEGIN KEY-----".to_string()),
+                (
+                    "sasl.oauthbearer.config".to_string(),
+                    "clientSecret=s3cr3t".to_string(),
+                ),
+            ]),
+            router: Router::new(&[], "events"),
+            status_topic: "status".into(),
+            backfill_topic: None,
+            dead_letter_topic: None,
+            dead_letter_file: PathBuf::from("/tmp/dead"),
+            max_in_flight: 10,
+            allow_fault_injection: false,
+        };
+        let shown = format!("{settings:?}");
+        for secret in ["hunter2", "BEGIN KEY", "s3cr3t"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("broker:9092"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 }
