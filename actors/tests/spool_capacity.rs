@@ -248,3 +248,42 @@ fn a_record_that_can_never_fit_is_refused_as_too_large() {
         .expect_err("never fits");
     assert!(matches!(error, SpoolError::RecordTooLarge { .. }));
 }
+
+/// Issue #14 defect 3: on a full disk the committed position cannot be written; acknowledged
+/// segments must still be deleted (that is what makes room), and nothing acknowledged comes
+/// back after a restart.
+#[test]
+fn acked_segments_are_deleted_even_when_the_committed_position_cannot_be_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::Block)).expect("open");
+    fill_to_the_cap(&spool);
+    assert!(spool.stats().segments >= 3);
+    // As on a full disk: the committed position's temporary file cannot be created (its name
+    // is taken by a directory).
+    let blocker = dir.path().join("committed.pos.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    for seq in 1..=FITS {
+        spool.ack(seq).expect("ack");
+    }
+    let error = spool.sync().expect_err("the position cannot be written");
+    assert!(error.to_string().contains("committed position"), "{error}");
+    let stats = spool.stats();
+    assert_eq!(stats.segments, 1, "only the active segment is left");
+    assert!(
+        spool.append(&event(8)).is_ok(),
+        "room again although the position is not on disk"
+    );
+    drop(spool);
+    std::fs::remove_dir(&blocker).unwrap();
+    let (spool, report) = Spool::open(capped_config(dir.path(), WhenFull::Block)).expect("reopen");
+    // The deleted segments' records do not come back; acknowledged records of the segment that
+    // was active may (at least once), and the unacknowledged one does.
+    let read: Vec<u64> = spool
+        .read_batch(0, 10, 1 << 20)
+        .expect("read")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(read.contains(&(FITS + 1)), "{read:?} {report:?}");
+    assert!(read.iter().all(|seq| *seq >= FITS), "{read:?} {report:?}");
+}

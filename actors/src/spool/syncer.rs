@@ -114,20 +114,26 @@ impl Shared {
         let mut book = self.lock_book();
         self.flush_data()?;
         let committed = self.lock_acks().committed();
+        let mut persisted = Ok(());
         if committed != book.persisted_committed {
-            write_committed(&self.config.dir, committed).map_err(|error| {
-                SpoolError::io(
-                    format!(
-                        "persisting committed position {committed} in {}",
-                        self.config.dir.display()
-                    ),
-                    error,
-                )
-            })?;
-            book.persisted_committed = committed;
+            match write_committed(&self.config.dir, committed) {
+                Ok(()) => book.persisted_committed = committed,
+                Err(error) => {
+                    persisted = Err(SpoolError::io(
+                        format!(
+                            "persisting committed position {committed} in {}",
+                            self.config.dir.display()
+                        ),
+                        error,
+                    ))
+                }
+            }
         }
-        self.collect_garbage(book.persisted_committed);
-        Ok(())
+        // Acknowledged segments go even when the position could not be written (a full disk):
+        // deleting them is what makes room to write it, and it is safe, as recovery starts
+        // after the first record on disk when the file on disk says less.
+        self.collect_garbage(committed);
+        persisted
     }
 
     /// fsyncs every segment with unsynced appends, then the directory if segments were created.
@@ -177,7 +183,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Deletes the segments whose records are all at or below `persisted_committed`.
+    /// Deletes the segments whose records are all at or below `committed` (acknowledged).
     fn collect_garbage(&self, persisted_committed: u64) {
         let doomed: Vec<Segment> = {
             let mut state = self.lock_state();
