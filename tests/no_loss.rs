@@ -382,3 +382,54 @@ fn a_record_too_large_for_kafka_is_dead_lettered_and_the_stream_goes_on() {
         bridge.metric("genesys_bridge_events_produced_total") > produced + 5.0
     });
 }
+
+/// #14 defect 1: when librdkafka's own queue is full (here 20 messages, far below
+/// `max_in_flight`) during an outage, the producer waits without blocking its thread: `/livez`
+/// stays 200 all along (it turned 503 while the pump slept its thread in a loop), and
+/// everything lands once Kafka is back.
+#[test]
+fn livez_stays_up_while_librdkafkas_queue_is_full_in_an_outage() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 3);
+    let sim = sim(6.0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&sim.base_url(), &kafka.brokers(), EXTRA).replace(
+        "\"linger.ms\" = \"5\"",
+        "\"linger.ms\" = \"5\"\n\"queue.buffering.max.messages\" = \"20\"",
+    );
+    assert!(config.contains("queue.buffering.max.messages"));
+    let bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_until("streaming into Kafka", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > 50.0
+    });
+    signal(kafka.pid(), "STOP");
+    let stalled_at = Instant::now();
+    let sent_before = sim.ledger_count(|e| e.kind == FrameKind::Event);
+    // The outage: 20 s with traffic, far more than librdkafka's queue holds; /livez is asked
+    // all along.
+    let mut answers = 0;
+    while stalled_at.elapsed() < Duration::from_secs(20)
+        || sim.ledger_count(|e| e.kind == FrameKind::Event) < sent_before + 100
+    {
+        assert!(
+            stalled_at.elapsed() < Duration::from_secs(60),
+            "no traffic during the outage"
+        );
+        assert_eq!(
+            bridge.get("/livez").map(|r| r.0),
+            Some(200),
+            "live while librdkafka's queue is full ({:?} into the outage)",
+            stalled_at.elapsed()
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(answers > 50);
+    let waiting = bridge.status()["spool"]["records"].as_u64().unwrap();
+    assert!(waiting > 100, "events wait in the spool ({waiting})");
+    signal(kafka.pid(), "CONT");
+    sim.faults().silence(Target::All, None);
+    let duplicates = assert_all_delivered(&sim, &kafka.brokers(), Duration::from_secs(120));
+    eprintln!("librdkafka queue of 20 through a 20 s stall: 0 lost, {duplicates} duplicates");
+}

@@ -172,6 +172,16 @@ pub(super) struct Pump {
     stopped: AtomicBool,
 }
 
+/// Whether librdkafka took a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Taken (or dealt with: dead-lettered, acknowledged).
+    Taken,
+    /// Not now (librdkafka's queue is full, or a transient produce error): the record stays
+    /// where it is and the loop waits, without blocking the thread, before trying it again.
+    Busy,
+}
+
 impl Pump {
     pub(super) fn new(
         settings: Arc<KafkaSettings>,
@@ -236,12 +246,15 @@ impl Pump {
             }
             if let Some(seq) = retries.pop_first() {
                 if !retry_pause.is_zero() {
-                    tokio::time::sleep(retry_pause).await;
+                    self.pause(retry_pause).await;
                 }
                 retry_pause =
                     (retry_pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
                 if let Some(entry) = self.read_one(seq)? {
-                    self.produce(&entry)?;
+                    if self.produce(&entry)? == Sent::Busy {
+                        retries.insert(seq);
+                        self.wait(&mut failures, &mut retries, None).await?;
+                    }
                 }
                 continue;
             }
@@ -257,8 +270,23 @@ impl Pump {
             cursor = last.seq + 1;
             retry_pause = Duration::ZERO;
             for entry in &batch {
-                self.produce(entry)?;
+                if self.produce(entry)? == Sent::Busy {
+                    // Taken up to here; this one and the rest of the batch are read again
+                    // once deliveries made room (the wait is a select, never a thread sleep:
+                    // the actor keeps answering, /livez stays up).
+                    cursor = entry.seq;
+                    self.wait(&mut failures, &mut retries, None).await?;
+                    break;
+                }
             }
+        }
+    }
+
+    /// Sleeps without holding up the thread, ending early when the pump is stopped.
+    async fn pause(&self, pause: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.wake.notified() => {}
         }
     }
 
@@ -311,13 +339,16 @@ impl Pump {
                 let Some(entry) = self.read_one(failed.pending.seq)? else {
                     return Ok(());
                 };
-                self.dead_letter(&entry, &failed.pending.topic, &failed.error)
+                if self.dead_letter(&entry, &failed.pending.topic, &failed.error)? == Sent::Busy {
+                    retries.insert(failed.pending.seq);
+                }
+                Ok(())
             }
             Consequence::Fatal => Err(format!("fatal delivery error: {}", failed.error)),
         }
     }
 
-    fn produce(&self, entry: &SpoolEntry) -> Result<(), String> {
+    fn produce(&self, entry: &SpoolEntry) -> Result<Sent, String> {
         let record = &entry.record;
         let received = record.received_at_ms.to_string();
         let shard = record.shard.to_string();
@@ -406,7 +437,7 @@ impl Pump {
         entry: &SpoolEntry,
         routed_topic: &str,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Sent, String> {
         tracing::warn!(
             seq = entry.seq,
             reason,
@@ -417,7 +448,7 @@ impl Pump {
                 .context()
                 .write_dead_letter_file(entry, routed_topic, reason);
             self.producer.context().ack(entry.seq);
-            return Ok(());
+            return Ok(Sent::Taken);
         };
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -458,7 +489,7 @@ impl Pump {
         key: Option<&str>,
         headers: OwnedHeaders,
         dead_letter_reason: Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<Sent, String> {
         self.send_payload(
             entry,
             topic,
@@ -477,7 +508,7 @@ impl Pump {
         key: Option<&str>,
         headers: OwnedHeaders,
         value: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<Sent, String> {
         self.send_payload(entry, topic, key, headers, None, value)
     }
 
@@ -489,9 +520,8 @@ impl Pump {
         headers: OwnedHeaders,
         dead_letter_reason: Option<String>,
         value: &[u8],
-    ) -> Result<(), String> {
-        let mut pause = Duration::from_millis(1);
-        loop {
+    ) -> Result<Sent, String> {
+        {
             let pending = Box::new(Pending {
                 seq: entry.seq,
                 received_at_ms: entry.record.received_at_ms,
@@ -507,18 +537,20 @@ impl Pump {
             }
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let Err((error, _record)) = self.producer.send(record) else {
-                return Ok(());
+                return Ok(Sent::Taken);
             };
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                // librdkafka's own queue is full: wait for deliveries to make room.
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-                continue;
+                // librdkafka's own queue is full: deliveries will make room.
+                self.metrics
+                    .events_failed
+                    .get_or_create(&Metrics::reason("queue_full"))
+                    .inc();
+                return Ok(Sent::Busy);
             }
             match classify(&error) {
                 Consequence::DeadLetter if dead_letter_reason.is_none() => {
-                    return self.dead_letter(entry, topic, &error.to_string());
+                    self.dead_letter(entry, topic, &error.to_string())
                 }
                 Consequence::DeadLetter => {
                     self.producer.context().write_dead_letter_file(
@@ -527,12 +559,12 @@ impl Pump {
                         &format!("{dead_letter_reason:?}; {error}"),
                     );
                     self.producer.context().ack(entry.seq);
-                    return Ok(());
+                    Ok(Sent::Taken)
                 }
-                Consequence::Fatal => return Err(format!("fatal produce error: {error}")),
+                Consequence::Fatal => Err(format!("fatal produce error: {error}")),
                 Consequence::Retry => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    tracing::debug!(seq = entry.seq, error = %error, "produce refused for now; trying again");
+                    Ok(Sent::Busy)
                 }
             }
         }
