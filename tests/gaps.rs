@@ -197,6 +197,41 @@ fn assert_missing_inside_own_gaps(
 /// 25 topics of 13 per channel: shard 0 (the 5 queues and 8 users), shard 1 (12 users).
 const TWO_SHARDS: &str = "per_channel = 13\n[socket]";
 
+/// Kafka stalls until both shards of [`TWO_SHARDS`] drop events (`drop-newest`, on disk); the
+/// bridge is SIGKILLed while dropping, Kafka comes back, the bridge starts again and reports a
+/// drop record for each shard.
+fn crash_while_both_shards_drop(bridge: &mut Bridge, kafka: &Tansu, dir: &std::path::Path) {
+    signal(kafka.pid(), "STOP");
+    let state_file = dir.join("spool/shard-state.json");
+    wait_until(
+        "both shards dropping, on disk",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&state_file).is_ok_and(|text| {
+                let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                ["0", "1"]
+                    .iter()
+                    .all(|shard| state[shard]["drop_span"]["count"].as_u64() >= Some(3))
+            })
+        },
+    );
+    bridge.kill();
+    signal(kafka.pid(), "CONT");
+    bridge.restart(&[]);
+    bridge.wait_ready(Duration::from_secs(60));
+    wait_until(
+        "a drop record for each shard",
+        Duration::from_secs(90),
+        || {
+            let gaps = gap_records(kafka);
+            [0, 1].iter().all(|shard| {
+                gaps.iter()
+                    .any(|(s, _, _, reason)| s == shard && reason == "spool_full_dropped")
+            })
+        },
+    );
+}
+
 #[test]
 fn dropped_events_are_reported_per_shard_even_across_a_crash() {
     let kafka = Tansu::start();
@@ -220,36 +255,7 @@ fn dropped_events_are_reported_per_shard_even_across_a_crash() {
     let topics = conversation_topics(&sim);
     let from = next_published_seq(&sim);
     // Kafka stalls: the spool fills and drops newest events, of both shards.
-    signal(kafka.pid(), "STOP");
-    let state_file = dir.path().join("spool/shard-state.json");
-    wait_until(
-        "both shards dropping, on disk",
-        Duration::from_secs(120),
-        || {
-            std::fs::read_to_string(&state_file).is_ok_and(|text| {
-                let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                ["0", "1"]
-                    .iter()
-                    .all(|shard| state[shard]["drop_span"]["count"].as_u64() >= Some(3))
-            })
-        },
-    );
-    // The bridge dies while dropping; Kafka comes back; the bridge starts again.
-    bridge.kill();
-    signal(kafka.pid(), "CONT");
-    bridge.restart(&[]);
-    bridge.wait_ready(Duration::from_secs(60));
-    wait_until(
-        "a drop record for each shard",
-        Duration::from_secs(90),
-        || {
-            let gaps = gap_records(&kafka);
-            [0, 1].iter().all(|shard| {
-                gaps.iter()
-                    .any(|(s, _, _, reason)| s == shard && reason == "spool_full_dropped")
-            })
-        },
-    );
+    crash_while_both_shards_drop(&mut bridge, &kafka, dir.path());
     finish_traffic(&sim, &kafka, from, &topics, Duration::from_secs(90));
     let reconciled = reconcile(&sim, &kafka, from, &topics);
     let gaps = gap_records(&kafka);
@@ -612,35 +618,7 @@ fn one_long_run_with_every_fault_reports_exactly_what_was_lost() {
     );
 
     eprintln!("5. drop-newest with a full spool, across a restart");
-    signal(kafka.pid(), "STOP");
-    let state_file = dir.path().join("spool/shard-state.json");
-    wait_until(
-        "both shards dropping, on disk",
-        Duration::from_secs(120),
-        || {
-            std::fs::read_to_string(&state_file).is_ok_and(|text| {
-                let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                ["0", "1"]
-                    .iter()
-                    .all(|shard| state[shard]["drop_span"]["count"].as_u64() >= Some(3))
-            })
-        },
-    );
-    bridge.kill();
-    signal(kafka.pid(), "CONT");
-    bridge.restart(&[]);
-    bridge.wait_ready(Duration::from_secs(60));
-    wait_until(
-        "a drop record for each shard",
-        Duration::from_secs(90),
-        || {
-            let gaps = gap_records(&kafka);
-            [0, 1].iter().all(|shard| {
-                gaps.iter()
-                    .any(|(s, _, _, r)| s == shard && r == "spool_full_dropped")
-            })
-        },
-    );
+    crash_while_both_shards_drop(&mut bridge, &kafka, dir.path());
     wait_legs_streaming(&bridge, 2, 2, Duration::from_secs(30));
     wait_for_traffic(&sim, &topics, 10);
 

@@ -185,16 +185,6 @@ templates = [
 /// are given back; the other shard keeps its topics and sockets.
 #[test]
 fn a_shrinking_topic_set_stops_the_trailing_shard_and_frees_its_channels() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        queues: 6,
-        agents: 4,
-        rate_per_sec: 2.0,
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     // Six queue topics of five per channel: two shards (five and one), two legs each.
     let extra = r#"
 [topics]
@@ -202,12 +192,13 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
 per_channel = 5
 refresh_interval = "300ms"
 "#;
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), extra),
-        &[],
-    );
-    bridge.wait_ready(Duration::from_secs(60));
+    let sim = SimConfig {
+        queues: 6,
+        agents: 4,
+        rate_per_sec: 2.0,
+        ..SimConfig::default()
+    };
+    let Scenario { bridge, sim, .. } = Scenario::start(sim, 1, extra);
     wait_legs_streaming(&bridge, 2, 2, Duration::from_secs(60));
     assert_eq!(bridge.metric("genesys_bridge_channels_held"), 4.0);
     // Topics are placed in order: the last queue topic is the trailing shard's only one.

@@ -624,15 +624,7 @@ impl Faults<'_> {
 
     /// Pushes `count` pre-built events as fast as the socket takes them.
     pub fn burst(&self, target: impl Into<Target>, count: u64, topic: Option<&str>) -> Vec<String> {
-        let target = target.into();
-        let topic = topic.map(str::to_owned);
-        self.apply(Fault::Burst {
-            target,
-            count,
-            topic,
-            fan_out: false,
-        })
-        .channels
+        self.burst_with(target.into(), count, topic, false)
     }
 
     /// Like [`Self::burst`], but the same frames go to every live channel subscribed to the
@@ -643,13 +635,22 @@ impl Faults<'_> {
         count: u64,
         topic: Option<&str>,
     ) -> Vec<String> {
-        let target = target.into();
+        self.burst_with(target.into(), count, topic, true)
+    }
+
+    fn burst_with(
+        &self,
+        target: Target,
+        count: u64,
+        topic: Option<&str>,
+        fan_out: bool,
+    ) -> Vec<String> {
         let topic = topic.map(str::to_owned);
         self.apply(Fault::Burst {
             target,
             count,
             topic,
-            fan_out: true,
+            fan_out,
         })
         .channels
     }
