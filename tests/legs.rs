@@ -74,11 +74,6 @@ fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
             .metric("genesys_bridge_duplicates_suppressed_total")
             > 100.0
     );
-    // The simulator gives every channel the same CorrelationId; the merge found that out.
-    assert_eq!(
-        s.bridge.status()["shards"][0]["merge_correlation_ids"],
-        "shared"
-    );
 }
 
 #[test]

@@ -78,9 +78,6 @@ pub struct ShardStatus {
     pub connects: u64,
     pub rollovers: u64,
     pub last_error: Option<String>,
-    /// What the merge learned of Genesys' CorrelationIds across channels: `learning`,
-    /// `shared` or `per_channel`.
-    pub merge_correlation_ids: &'static str,
 }
 
 impl ShardStatus {
@@ -101,7 +98,6 @@ impl ShardStatus {
             connects: 0,
             rollovers: 0,
             last_error: None,
-            merge_correlation_ids: "learning",
         }
     }
 }

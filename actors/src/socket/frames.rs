@@ -234,14 +234,11 @@ impl SocketActor {
 
     fn deliver(&mut self, conn_id: u64, data: Bytes, received_at_ms: i64, ctx: &mut Context<Self>) {
         if self.merge.needed(&self.attached) {
-            if let Some(ids) = merge::event_ids(&data) {
-                let verdict = self
+            if let Some(identity) = merge::event_identity(&data) {
+                match self
                     .merge
-                    .offer_event(ids, conn_id, &self.attached, Instant::now());
-                if let Some(settled) = self.merge.take_settled() {
-                    self.on_correlation_ids_settled(settled);
-                }
-                match verdict {
+                    .offer(identity, conn_id, &self.attached, Instant::now())
+                {
                     Verdict::Deliver => {}
                     Verdict::Duplicate => {
                         self.metrics.duplicates_suppressed.inc();
@@ -258,22 +255,5 @@ impl SocketActor {
         if self.append(record, ctx) {
             self.frame_handled(conn_id, received_at_ms);
         }
-    }
-
-    fn on_correlation_ids_settled(&mut self, settled: merge::CorrelationIds) {
-        match settled {
-            merge::CorrelationIds::PerChannel => tracing::warn!(
-                shard = self.shard,
-                "Genesys gives each channel its own CorrelationId: the merge now identifies events by topic and body (a snapshot re-sent unchanged during a rollover may be merged with its first copy)"
-            ),
-            _ => tracing::info!(
-                shard = self.shard,
-                correlation_ids = settled.label(),
-                "Genesys gives every channel the same CorrelationId: the merge identifies events by topic, body and CorrelationId"
-            ),
-        }
-        let label = settled.label();
-        self.health
-            .shard(self.shard, |s| s.merge_correlation_ids = label);
     }
 }

@@ -8,16 +8,9 @@
 //! bits, so that a collision, which would lose an event, is out of reach). The body alone is not
 //! enough: Genesys re-sends a snapshot without visible change, and a re-send that comes while the
 //! sockets change (a rollover) cannot be told from the twin of the first one, so a body-only
-//! merge loses it (measured: 6 events in an 8 s demo run). A frame without a `CorrelationId` is
-//! identified by topic and body.
-//!
-//! Whether Genesys gives every channel the same `CorrelationId` for one event is undocumented,
-//! so the merge does not assume it: it **learns** it. While learning it merges on topic, body and
-//! `CorrelationId` (if the ids differ per channel, that delivers both copies: a duplicate, never a
-//! loss), and it compares the `CorrelationId`s of the first copies of identical bodies that two
-//! lanes bring. After [`LEARN_SAMPLES`] such pairs with a 90 % majority it settles: shared ids
-//! (the identity stays as it is) or ids per channel (from then on the identity is topic and body
-//! only, and a re-send during a rollover is the one case that can be merged away).
+//! merge loses it (measured: 6 events in an 8 s demo run). Whether Genesys gives two channels the
+//! same `CorrelationId` for one event is undocumented: if it did not, both copies would be
+//! delivered, a duplicate, never a loss. A frame without one is identified by topic and body.
 //!
 //! **Multiset**: two genuinely identical events (a snapshot re-sent without visible change) are
 //! both delivered. Per identity the merge counts the copies seen on each lane; a copy is
@@ -67,21 +60,10 @@ struct MetadataRef<'a> {
     correlation_id: Option<&'a RawValue>,
 }
 
-/// The identities of an event frame: with and without its `CorrelationId`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventIds {
-    /// Topic, body and `CorrelationId`.
-    pub full: Identity,
-    /// Topic and body.
-    pub body: Identity,
-    pub has_correlation_id: bool,
-}
-
-/// The identities of an event frame, or `None` if it is not an envelope with a topic.
-pub fn event_ids(frame: &[u8]) -> Option<EventIds> {
+/// The identity of an event frame, or `None` if it is not an envelope with a topic.
+pub fn event_identity(frame: &[u8]) -> Option<Identity> {
     let parsed: TopicAndBody<'_> = serde_json::from_slice(frame).ok()?;
-    // Two fixed-key SipHash states (stable within a process, which is all the merge needs);
-    // the body identity is the state before the CorrelationId is hashed in.
+    // Two fixed-key SipHash states (stable within a process, which is all the merge needs).
     let mut low = DefaultHasher::new();
     let mut high = DefaultHasher::new();
     0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
@@ -92,56 +74,9 @@ pub fn event_ids(frame: &[u8]) -> Option<EventIds> {
     for hasher in [&mut low, &mut high] {
         parsed.topic_name.get().hash(hasher);
         parsed.event_body.map(RawValue::get).hash(hasher);
-    }
-    let body = ((high.finish() as u128) << 64) | low.finish() as u128;
-    for hasher in [&mut low, &mut high] {
         correlation_id.hash(hasher);
     }
-    let full = ((high.finish() as u128) << 64) | low.finish() as u128;
-    Some(EventIds {
-        full,
-        body,
-        has_correlation_id: correlation_id.is_some(),
-    })
-}
-
-/// The identity an event frame has while CorrelationIds are taken as shared.
-pub fn event_identity(frame: &[u8]) -> Option<Identity> {
-    event_ids(frame).map(|ids| ids.full)
-}
-
-/// Pairs of first copies compared before the merge settles what CorrelationIds are.
-pub const LEARN_SAMPLES: u32 = 20;
-/// First copies waiting for their pair, at most (beyond, the probes start over).
-const MAX_PROBES: usize = 4096;
-
-/// What the merge knows about the `CorrelationId`s Genesys gives the copies of one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CorrelationIds {
-    /// Not enough pairs compared yet: merging on topic, body and `CorrelationId`.
-    Learning,
-    /// Every channel gets the same one: merging on topic, body and `CorrelationId`.
-    Shared,
-    /// Each channel gets its own: merging on topic and body.
-    PerChannel,
-}
-
-impl CorrelationIds {
-    pub fn label(self) -> &'static str {
-        match self {
-            CorrelationIds::Learning => "learning",
-            CorrelationIds::Shared => "shared",
-            CorrelationIds::PerChannel => "per_channel",
-        }
-    }
-}
-
-#[derive(Default)]
-struct Learner {
-    /// Body identity → the first copy's lane, full identity and arrival.
-    probes: HashMap<Identity, (u64, Identity, Instant)>,
-    agree: u32,
-    disagree: u32,
+    Some(((high.finish() as u128) << 64) | low.finish() as u128)
 }
 
 /// The identity of a frame that is not an envelope (a malformed frame): its bytes, hashed
@@ -207,10 +142,6 @@ pub struct Merge {
     expired_order: VecDeque<Identity>,
     /// Complete entries are kept until then (a socket attached recently).
     keep_until: Option<Instant>,
-    correlation_ids: CorrelationIds,
-    learner: Learner,
-    /// Settled since the last [`Merge::take_settled`].
-    settled: Option<CorrelationIds>,
 }
 
 impl Merge {
@@ -224,78 +155,7 @@ impl Merge {
             expired: HashSet::new(),
             expired_order: VecDeque::new(),
             keep_until: None,
-            correlation_ids: CorrelationIds::Learning,
-            learner: Learner::default(),
-            settled: None,
         }
-    }
-
-    /// What the merge has learned about CorrelationIds so far.
-    pub fn correlation_ids(&self) -> CorrelationIds {
-        self.correlation_ids
-    }
-
-    /// The conclusion, once, when the merge has just settled.
-    pub fn take_settled(&mut self) -> Option<CorrelationIds> {
-        self.settled.take()
-    }
-
-    /// A copy of an event arrived on `lane`: learns from it, then merges it on the identity
-    /// that what was learned calls for.
-    pub fn offer_event(
-        &mut self,
-        ids: EventIds,
-        lane: u64,
-        attached: &[u64],
-        now: Instant,
-    ) -> Verdict {
-        if self.correlation_ids == CorrelationIds::Learning && ids.has_correlation_id {
-            self.learn(ids, lane, now);
-        }
-        let identity = match self.correlation_ids {
-            CorrelationIds::PerChannel => ids.body,
-            CorrelationIds::Learning | CorrelationIds::Shared => ids.full,
-        };
-        self.offer(identity, lane, attached, now)
-    }
-
-    fn learn(&mut self, ids: EventIds, lane: u64, now: Instant) {
-        let learner = &mut self.learner;
-        match learner.probes.get(&ids.body).copied() {
-            Some((first_lane, first_full, at))
-                if first_lane != lane && now.duration_since(at) < self.window =>
-            {
-                learner.probes.remove(&ids.body);
-                if first_full == ids.full {
-                    learner.agree += 1;
-                } else {
-                    learner.disagree += 1;
-                }
-            }
-            // The same lane again (a re-send): the first copy stays the probe.
-            Some((_, _, at)) if now.duration_since(at) < self.window => {}
-            _ => {
-                if learner.probes.len() >= MAX_PROBES {
-                    learner.probes.clear();
-                }
-                learner.probes.insert(ids.body, (lane, ids.full, now));
-            }
-        }
-        let total = learner.agree + learner.disagree;
-        if total < LEARN_SAMPLES {
-            return;
-        }
-        let settled = if learner.disagree * 10 >= total * 9 {
-            CorrelationIds::PerChannel
-        } else if learner.agree * 10 >= total * 9 || total >= 10 * LEARN_SAMPLES {
-            // Mixed evidence for long: keep the identity that never loses an event.
-            CorrelationIds::Shared
-        } else {
-            return;
-        };
-        self.correlation_ids = settled;
-        self.settled = Some(settled);
-        self.learner = Learner::default();
     }
 
     /// A socket attached: keep complete entries for [`ATTACH_GRACE`].
@@ -517,81 +377,6 @@ mod tests {
         // (lane 1 is being closed).
         assert_eq!(merge.offer(re_sent, 3, &[1, 3], now), Verdict::Deliver);
         assert_eq!(merge.offer(first, 3, &[1, 3], now), Verdict::Duplicate);
-    }
-
-    fn frame(body_n: u32, correlation_id: &str) -> Vec<u8> {
-        format!(
-            r#"{{"topicName":"v2.users.u.conversations","eventBody":{{"id":"c","n":{body_n}}},"metadata":{{"CorrelationId":"{correlation_id}"}}}}"#
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn the_body_identity_leaves_the_correlation_id_out() {
-        let (a, other) = (event_ids(A).unwrap(), event_ids(A_OTHER_META).unwrap());
-        assert_eq!(a.body, other.body);
-        assert_ne!(a.full, other.full);
-        assert!(a.has_correlation_id);
-        assert!(!event_ids(B).unwrap().has_correlation_id);
-        assert_eq!(event_identity(A), Some(a.full));
-    }
-
-    #[test]
-    fn shared_correlation_ids_are_learned_and_re_sends_stay_events() {
-        let now = Instant::now();
-        let mut merge = Merge::new(1000, Duration::from_secs(5));
-        let lanes = [1, 2];
-        for n in 0..LEARN_SAMPLES {
-            let ids = event_ids(&frame(n, &format!("cid-{n}"))).unwrap();
-            assert_eq!(merge.offer_event(ids, 1, &lanes, now), Verdict::Deliver);
-            assert_eq!(merge.offer_event(ids, 2, &lanes, now), Verdict::Duplicate);
-        }
-        assert_eq!(merge.correlation_ids(), CorrelationIds::Shared);
-        assert_eq!(merge.take_settled(), Some(CorrelationIds::Shared));
-        assert_eq!(merge.take_settled(), None, "told once");
-        // A re-send (same body, new CorrelationId) is another event on both lanes.
-        let first = event_ids(&frame(0, "again-1")).unwrap();
-        let re_sent = event_ids(&frame(0, "again-2")).unwrap();
-        assert_eq!(merge.offer_event(first, 1, &lanes, now), Verdict::Deliver);
-        assert_eq!(merge.offer_event(re_sent, 1, &lanes, now), Verdict::Deliver);
-        assert_eq!(merge.offer_event(first, 2, &lanes, now), Verdict::Duplicate);
-        assert_eq!(
-            merge.offer_event(re_sent, 2, &lanes, now),
-            Verdict::Duplicate
-        );
-    }
-
-    #[test]
-    fn correlation_ids_per_channel_are_learned_and_then_merged_on_the_body() {
-        let now = Instant::now();
-        let mut merge = Merge::new(1000, Duration::from_secs(5));
-        let lanes = [1, 2];
-        let mut duplicated_while_learning = 0;
-        for n in 0..LEARN_SAMPLES {
-            let on_1 = event_ids(&frame(n, &format!("lane1-{n}"))).unwrap();
-            let on_2 = event_ids(&frame(n, &format!("lane2-{n}"))).unwrap();
-            assert_eq!(merge.offer_event(on_1, 1, &lanes, now), Verdict::Deliver);
-            if merge.offer_event(on_2, 2, &lanes, now) == Verdict::Deliver {
-                duplicated_while_learning += 1;
-            }
-        }
-        assert_eq!(merge.correlation_ids(), CorrelationIds::PerChannel);
-        assert_eq!(
-            duplicated_while_learning, LEARN_SAMPLES,
-            "while learning, per-channel ids cost duplicates, never a loss"
-        );
-        // From now on, each event once.
-        for n in 100..150 {
-            let on_1 = event_ids(&frame(n, &format!("lane1-{n}"))).unwrap();
-            let on_2 = event_ids(&frame(n, &format!("lane2-{n}"))).unwrap();
-            assert_eq!(merge.offer_event(on_2, 2, &lanes, now), Verdict::Deliver);
-            assert_eq!(merge.offer_event(on_1, 1, &lanes, now), Verdict::Duplicate);
-        }
-        // Two identical events on one lane stay two (the multiset, on body identity).
-        let x = event_ids(&frame(7, "a")).unwrap();
-        let y = event_ids(&frame(7, "b")).unwrap();
-        assert_eq!(merge.offer_event(x, 1, &lanes, now), Verdict::Deliver);
-        assert_eq!(merge.offer_event(y, 1, &lanes, now), Verdict::Deliver);
     }
 
     #[test]
