@@ -246,10 +246,13 @@ fn unplanned_losses_leave_gap_records_that_cover_exactly_what_was_missed() {
         .collect();
     // Truly lost: published for a subscription of ours, handed to no socket of ours (before the
     // test itself silenced everything).
+    // Events published in the last half second before the test silenced every socket may
+    // still have been queued for the live sockets when the silence began: those are the
+    // test's own doing, not a loss of the bridge.
     let lost: Vec<_> = sim
         .missed()
         .into_iter()
-        .filter(|m| m.at_ms < quiesced_at && !delivered.contains(&*m.frame))
+        .filter(|m| m.at_ms < quiesced_at - 500 && !delivered.contains(&*m.frame))
         .collect();
     assert!(!lost.is_empty(), "the faults made Genesys miss events");
     // The publish time of a frame queued just before the loss can precede the receive time of
