@@ -92,7 +92,8 @@ fn truncate(text: &str, max: usize) -> String {
 /// The longest wait a `Retry-After` is obeyed for: a longer one (`1e20`) is absurd, not a plan.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// The longest token lifetime believed: Genesys issues tokens for at most 48 hours.
+/// The longest token lifetime believed (Genesys' client-credentials tokens last hours, 86,400 s
+/// in its documented example); beyond it `expires_in` is taken as absurd.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Parses `Retry-After` (seconds; Genesys does not send HTTP dates), at most
