@@ -178,7 +178,7 @@ fn garbage_after_the_last_record_is_cut() {
 }
 
 #[test]
-fn flipped_crc_cuts_from_that_record_and_counts_the_frames_after_it() {
+fn a_flipped_crc_loses_only_that_record_and_reading_resumes_after_it() {
     let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 1 << 20, 5);
@@ -186,43 +186,52 @@ fn flipped_crc_cuts_from_that_record_and_counts_the_frames_after_it() {
     flip_byte(&path, HEADER + 2 * FRAME + 5); // inside record 3's CRC field
 
     let (spool, report) = Spool::open(config(dir.path(), 1 << 20)).expect("reopen");
-    assert_eq!(report.corrupt_records_cut, 3, "records 3, 4 and 5");
-    assert_eq!(report.bytes_truncated, 3 * FRAME);
+    assert_eq!(report.corrupt_records_cut, 1, "record 3 only");
+    assert_eq!(report.bytes_truncated, FRAME);
     assert!(report.cuts[0].reason.contains("CRC"), "{:?}", report.cuts);
+    assert!(
+        report.cuts[0].reason.contains("resumed at offset"),
+        "{:?}",
+        report.cuts
+    );
+    assert_eq!(report.records_replayable, 4);
     let entries = read_all(&spool, 1);
-    assert_eq!(seqs(&entries), vec![1, 2]);
+    assert_eq!(seqs(&entries), vec![1, 2, 4, 5]);
     assert_payloads_intact(&entries);
-    // Seqs 4 and 5 had valid frames: they are never reused.
+    assert!(
+        segment_path(dir.path(), 4).exists(),
+        "records 4 and 5 moved"
+    );
     assert_eq!(report.next_seq, 6);
-    // The lost seqs do not block the watermark.
-    spool.ack(1).expect("ack");
-    spool.ack(2).expect("ack");
+    // The lost seq does not block the watermark.
+    for seq in [1, 2, 4, 5] {
+        spool.ack(seq).expect("ack");
+    }
     assert_eq!(spool.committed_seq(), 5);
     let outcome = spool.append(&fixed_event(6)).expect("append");
     assert!(matches!(outcome, AppendOutcome::Appended { seq: 6, .. }));
-    assert_eq!(seqs(&read_all(&spool, 3)), vec![6]);
+    assert_eq!(seqs(&read_all(&spool, 3)), vec![4, 5, 6]);
 }
 
 #[test]
-fn corruption_in_a_middle_segment_loses_only_the_rest_of_that_segment() {
+fn corruption_in_a_middle_segment_loses_only_the_damaged_record() {
     let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 4096, 100);
-    // Segments start at 1, 32, 63, 94. Damage the payload of seq 40 (8th record of segment 32).
+    // Segments start at 1, 32, 63, 94. Damage the payload of seq 40 (9th record of segment 32).
     let second = segment_path(dir.path(), 1 + PER_SEGMENT);
     assert!(second.exists());
     assert!(segment_path(dir.path(), 1 + 2 * PER_SEGMENT).exists());
     flip_byte(&second, HEADER + 8 * FRAME + 40);
 
     let (spool, report) = Spool::open(config(dir.path(), 4096)).expect("reopen");
-    let lost = (1 + 2 * PER_SEGMENT) - 40;
-    assert_eq!(report.corrupt_records_cut, lost);
-    assert_eq!(report.bytes_truncated, lost * FRAME);
+    assert_eq!(report.corrupt_records_cut, 1);
+    assert_eq!(report.bytes_truncated, FRAME);
     assert_eq!(report.cuts[0].file, second);
-    assert_eq!(report.cuts[0].records_lost, lost);
-    assert_eq!(report.records_replayable, 100 - lost);
+    assert_eq!(report.cuts[0].records_lost, 1);
+    assert_eq!(report.records_replayable, 99);
     let entries = read_all(&spool, 1);
-    let expected: Vec<u64> = (1..40).chain(1 + 2 * PER_SEGMENT..=100).collect();
+    let expected: Vec<u64> = (1..40).chain(41..=100).collect();
     assert_eq!(seqs(&entries), expected);
     assert_payloads_intact(&entries);
     for entry in &entries {
@@ -231,8 +240,59 @@ fn corruption_in_a_middle_segment_loses_only_the_rest_of_that_segment() {
     assert_eq!(
         spool.committed_seq(),
         100,
-        "the cut seqs do not hold the watermark"
+        "the cut seq does not hold the watermark"
     );
+}
+
+#[test]
+fn several_damaged_records_in_one_segment_each_lose_only_themselves() {
+    let _shared = no_spawn_in_flight();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 1 << 20, 30);
+    let path = segment_path(dir.path(), 1);
+    flip_byte(&path, HEADER + 4 * FRAME + 60); // record 5's payload
+    flip_byte(&path, HEADER + 11 * FRAME); // record 12's length prefix
+    flip_byte(&path, HEADER + 12 * FRAME + 10); // record 13's seq
+    flip_byte(&path, HEADER + 29 * FRAME + 3); // record 30, the last
+
+    let (spool, report) = Spool::open(config(dir.path(), 1 << 20)).expect("reopen");
+    assert_eq!(report.corrupt_records_cut, 4, "{:?}", report.cuts);
+    let entries = read_all(&spool, 1);
+    let expected: Vec<u64> = (1..=29).filter(|seq| ![5, 12, 13].contains(seq)).collect();
+    assert_eq!(seqs(&entries), expected);
+    assert_payloads_intact(&entries);
+    // Record 30's length was damaged and nothing valid follows it: its seq is not trusted.
+    assert_eq!(report.next_seq, 30);
+    drop(spool);
+    let (spool, report) = Spool::open(config(dir.path(), 1 << 20)).expect("reopen again");
+    assert_eq!(report.corrupt_records_cut, 0, "{:?}", report.cuts);
+    assert_eq!(seqs(&read_all(&spool, 1)), expected);
+}
+
+#[test]
+fn a_salvage_interrupted_before_the_cut_is_finished_by_the_next_recovery() {
+    let _shared = no_spawn_in_flight();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 1 << 20, 10);
+    let path = segment_path(dir.path(), 1);
+    flip_byte(&path, HEADER + 3 * FRAME + 50); // record 4
+    let damaged = std::fs::read(&path).expect("read");
+    let (spool, _) = Spool::open(config(dir.path(), 1 << 20)).expect("reopen");
+    drop(spool);
+    // A crash after the good frames were copied but before the damaged file was cut: the copy
+    // and the whole damaged file are both on disk.
+    std::fs::write(&path, &damaged).expect("restore the uncut file");
+    assert!(segment_path(dir.path(), 5).exists());
+
+    let (spool, report) = Spool::open(config(dir.path(), 1 << 20)).expect("reopen again");
+    assert_eq!(report.corrupt_records_cut, 1, "{:?}", report.cuts);
+    let entries = read_all(&spool, 1);
+    assert_eq!(
+        seqs(&entries),
+        vec![1, 2, 3, 5, 6, 7, 8, 9, 10],
+        "no record twice"
+    );
+    assert_payloads_intact(&entries);
 }
 
 #[test]
@@ -368,7 +428,7 @@ fn seqs_never_go_back_when_data_is_lost_behind_the_committed_position() {
 }
 
 #[test]
-fn corruption_found_while_reading_is_cut_and_reading_continues() {
+fn corruption_found_while_reading_loses_only_the_damaged_record() {
     let _shared = no_spawn_in_flight();
     let dir = tempfile::tempdir().expect("tempdir");
     let (spool, _) = Spool::open(config(dir.path(), 1 << 20)).expect("open");
@@ -378,14 +438,15 @@ fn corruption_found_while_reading_is_cut_and_reading_continues() {
     // Damage record 5 behind the spool's back (same page cache).
     flip_byte(&segment_path(dir.path(), 1), HEADER + 4 * FRAME + 50);
     let entries = read_all(&spool, 1);
-    assert_eq!(seqs(&entries), vec![1, 2, 3, 4]);
-    assert_eq!(spool.stats().corrupt_cut_total, 6);
+    assert_eq!(seqs(&entries), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+    assert_payloads_intact(&entries);
+    assert_eq!(spool.stats().corrupt_cut_total, 1);
     // New appends go to a fresh segment and are readable.
     let outcome = spool.append(&fixed_event(11)).expect("append");
     assert!(matches!(outcome, AppendOutcome::Appended { seq: 11, .. }));
-    assert_eq!(seqs(&read_all(&spool, 5)), vec![11]);
+    assert_eq!(seqs(&read_all(&spool, 5)), vec![6, 7, 8, 9, 10, 11]);
     assert!(segment_path(dir.path(), 11).exists());
-    for seq in 1..=4 {
+    for seq in (1..=4).chain(6..=10) {
         spool.ack(seq).expect("ack");
     }
     assert_eq!(spool.committed_seq(), 10);

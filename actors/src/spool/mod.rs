@@ -46,6 +46,7 @@ mod lock;
 mod reader;
 pub mod record;
 mod recovery;
+mod salvage;
 pub mod segment;
 mod state;
 mod stats;

@@ -117,7 +117,40 @@ impl Shared {
             let Some(segment) = state.segments.get_mut(&view.first_seq) else {
                 return Ok(());
             };
-            let lost_seqs = unreadable.seq..segment.next_seq;
+            // The good frames behind the damage move to a segment of their own; only the
+            // seqs in between are lost.
+            let salvaged = match super::salvage::find_resync(
+                &segment.file,
+                unreadable.offset,
+                segment.len,
+                unreadable.seq,
+                segment.next_seq,
+            )
+            .and_then(|found| match found {
+                Some(resync) => super::salvage::copy_into_segment(
+                    &self.config.dir,
+                    &segment.file,
+                    resync,
+                    segment.len,
+                )
+                .map(|mut copy| {
+                    copy.next_seq = segment.next_seq;
+                    copy.index
+                        .note(resync.seq, super::segment::SEGMENT_HEADER_BYTES as u64);
+                    Some(copy)
+                }),
+                None => Ok(None),
+            }) {
+                Ok(salvaged) => salvaged,
+                Err(error) => {
+                    tracing::warn!(file = %view.path.display(), %error, "could not keep the good frames behind damage in a spool segment; cutting them too");
+                    None
+                }
+            };
+            let lost_seqs = unreadable.seq
+                ..salvaged
+                    .as_ref()
+                    .map_or(segment.next_seq, |copy| copy.first_seq);
             let bytes_cut = segment.len - unreadable.offset;
             segment.len = unreadable.offset;
             segment.next_seq = unreadable.seq;
@@ -137,6 +170,16 @@ impl Shared {
                 "spool segment corrupt while reading; cut it and continue with the next segment"
             );
             state.bytes_on_disk -= bytes_cut;
+            if let Some(copy) = salvaged {
+                tracing::warn!(
+                    file = %copy.path.display(),
+                    first_seq = copy.first_seq,
+                    records = copy.record_count(),
+                    "the good frames behind the damage were kept"
+                );
+                state.bytes_on_disk += copy.len;
+                state.segments.insert(copy.first_seq, copy);
+            }
             state.corrupt_cut_total += records_lost;
             state.read_cursor = None;
             lost_seqs

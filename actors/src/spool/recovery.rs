@@ -3,13 +3,15 @@
 //!
 //! Rules:
 //! - Segments whose records are all at or below the committed position are deleted unscanned.
-//! - Every other segment is read frame by frame (length, CRC, expected seq). At the first bad
-//!   frame the file is truncated there: nothing before it is ever skipped, nothing after it is
-//!   trusted (frames cannot be re-synchronised reliably after damage).
-//! - In a non-last segment the records after the cut are counted exactly (the next segment's
-//!   name says where they ended) and treated as acked so the watermark can pass them.
-//! - In the last segment a cut is usually a torn write from a crash; the count is the frames
-//!   that can still be framed after the cut point (at least one).
+//! - Every other segment is read frame by frame (length, CRC, expected seq). At a bad frame
+//!   the file is cut there; nothing before it is ever skipped. Behind the damage, recovery
+//!   looks for the next frame that passes every check (length, CRC, a seq in the expected
+//!   range): the frames from there on move to a segment of their own (`salvage.rs`), and only
+//!   the seqs in between are lost, counted exactly and treated as acked.
+//! - With no good frame behind it, in a non-last segment the records after the cut are counted
+//!   exactly (the next segment's name says where they ended) and treated as acked.
+//! - In the last segment such a cut is usually a torn write from a crash; the count is the
+//!   frames that can still be framed after the cut point (at least one).
 //! - A missing or corrupt committed-position file means starting at the first record on disk.
 
 use std::collections::BTreeMap;
@@ -141,17 +143,27 @@ pub(crate) fn recover(config: &SpoolConfig) -> Result<Recovered, SpoolError> {
         seq_floor: 0,
     };
     let mut kept: Vec<Segment> = Vec::new();
-    for (index, (first_seq, path)) in listed.iter().enumerate() {
+    let mut listed = listed;
+    let mut index = 0;
+    while index < listed.len() {
+        let (first_seq, path) = listed[index].clone();
         let next_first_seq = listed.get(index + 1).map(|(next, _)| *next);
+        index += 1;
         if let (Some(committed), Some(next_first)) = (known_committed, next_first_seq) {
             if next_first - 1 <= committed {
-                remove_if_present(path)?;
+                remove_if_present(&path)?;
                 findings.acked_segments_deleted += 1;
                 continue;
             }
         }
-        if let Some(segment) = recover_segment(path, *first_seq, next_first_seq, &mut findings)? {
+        let recovered = recover_segment(dir, &path, first_seq, next_first_seq, &mut findings)?;
+        if let Some(segment) = recovered.segment {
             kept.push(segment);
+        }
+        if let Some(salvaged) = recovered.salvaged {
+            // The good frames after a damaged one, copied into a segment of their own: it is
+            // recovered next, like any other (it may hold more damage).
+            listed.insert(index, salvaged);
         }
     }
 
@@ -286,13 +298,22 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
     Ok(segments)
 }
 
-/// Recovers one segment file; `None` when it was removed.
+/// What recovering one segment file left.
+struct RecoveredSegment {
+    /// `None` when the file was removed.
+    segment: Option<Segment>,
+    /// A new segment holding the good frames found after damage, to recover next.
+    salvaged: Option<(u64, PathBuf)>,
+}
+
+/// Recovers one segment file.
 fn recover_segment(
+    dir: &Path,
     path: &Path,
     first_seq: u64,
     next_first_seq: Option<u64>,
     findings: &mut Findings,
-) -> Result<Option<Segment>, SpoolError> {
+) -> Result<RecoveredSegment, SpoolError> {
     let io_error = |what: &str, error| SpoolError::io(format!("{what} {}", path.display()), error);
     let file = OpenOptions::new()
         .read(true)
@@ -332,7 +353,10 @@ fn recover_segment(
                 records_lost,
                 reason: format!("damaged segment header ({reason}); file removed"),
             });
-            return Ok(None);
+            return Ok(RecoveredSegment {
+                segment: None,
+                salvaged: None,
+            });
         }
     }
 
@@ -340,6 +364,45 @@ fn recover_segment(
     let scan = scan_frames(&file, first_seq, seq_limit, file_len)
         .map_err(|error| io_error("scanning", error))?;
     if let Some(damage) = scan.damage {
+        let resync = if scan.valid_len < file_len {
+            super::salvage::find_resync(&file, scan.valid_len, file_len, scan.next_seq, seq_limit)
+                .map_err(|error| io_error("searching for a good frame in", error))?
+        } else {
+            None
+        };
+        if let Some(resync) = resync {
+            // Only the frames between the damage and the next good one are lost.
+            let copy = super::salvage::copy_into_segment(dir, &file, resync, file_len)
+                .map_err(|error| io_error("copying the good frames after damage in", error))?;
+            file.set_len(scan.valid_len)
+                .map_err(|error| io_error("truncating", error))?;
+            file.sync_all()
+                .map_err(|error| io_error("fsync of", error))?;
+            findings.cut(RecoveryCut {
+                file: path.to_path_buf(),
+                offset: scan.valid_len,
+                bytes_cut: resync.offset - scan.valid_len,
+                records_lost: resync.seq - scan.next_seq,
+                reason: format!(
+                    "{damage}; reading resumed at offset {} with seq {} (moved to {})",
+                    resync.offset,
+                    resync.seq,
+                    copy.path.display()
+                ),
+            });
+            return Ok(RecoveredSegment {
+                segment: Some(Segment {
+                    first_seq,
+                    path: path.to_path_buf(),
+                    file: Arc::new(file),
+                    len: scan.valid_len,
+                    next_seq: scan.next_seq,
+                    index: scan.index,
+                    tail_dirty: false,
+                }),
+                salvaged: Some((copy.first_seq, copy.path.clone())),
+            });
+        }
         let bytes_cut = file_len - scan.valid_len;
         let records_lost = match next_first_seq {
             Some(next_first) => next_first - scan.next_seq,
@@ -362,15 +425,18 @@ fn recover_segment(
             reason: damage,
         });
     }
-    Ok(Some(Segment {
-        first_seq,
-        path: path.to_path_buf(),
-        file: Arc::new(file),
-        len: scan.valid_len,
-        next_seq: scan.next_seq,
-        index: scan.index,
-        tail_dirty: false,
-    }))
+    Ok(RecoveredSegment {
+        segment: Some(Segment {
+            first_seq,
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            len: scan.valid_len,
+            next_seq: scan.next_seq,
+            index: scan.index,
+            tail_dirty: false,
+        }),
+        salvaged: None,
+    })
 }
 
 struct Scan {
