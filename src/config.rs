@@ -159,6 +159,29 @@ pub struct KafkaConfig {
     /// Records handed to librdkafka and not yet acknowledged, at most.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Their value bytes, at most (librdkafka holds a copy of each until acknowledged).
+    #[serde(default = "default_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// Pacing of records produced again after a failed delivery (only with
+    /// `message.timeout.ms` set, or errors librdkafka gives up on).
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: ExponentialBackoff,
+    /// Failed deliveries of one record, counted only while Kafka takes other records, after
+    /// which it is dead-lettered; 0: never.
+    #[serde(default = "default_delivery_attempts")]
+    pub max_delivery_attempts: u32,
+    /// Delay before a fresh producer after a fatal error (refused credentials or ACLs).
+    #[serde(default = "default_producer_restart_backoff")]
+    pub restart_backoff: ExponentialBackoff,
+    /// Exit (code 69) once fatal producer errors went on this long; "0s": never.
+    #[serde(default = "default_exit_after_failing", with = "humantime_serde")]
+    pub exit_after_failing_for: Duration,
+    /// The dead-letter file is rotated at this size ...
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_file_max_bytes: u64,
+    /// ... and this many rotated files are kept.
+    #[serde(default = "default_dead_letter_keep")]
+    pub dead_letter_file_keep: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +293,35 @@ fn default_status_topic() -> String {
 }
 fn default_in_flight() -> usize {
     10_000
+}
+fn default_in_flight_bytes() -> usize {
+    32 << 20
+}
+fn default_retry_backoff() -> ExponentialBackoff {
+    ExponentialBackoff {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+        jitter: 0.2,
+    }
+}
+fn default_delivery_attempts() -> u32 {
+    10
+}
+fn default_producer_restart_backoff() -> ExponentialBackoff {
+    ExponentialBackoff {
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        jitter: 0.2,
+    }
+}
+fn default_exit_after_failing() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_dead_letter_max_bytes() -> u64 {
+    100 << 20
+}
+fn default_dead_letter_keep() -> usize {
+    3
 }
 fn default_ping() -> Duration {
     Duration::from_secs(15)
@@ -600,6 +652,30 @@ impl Config {
         if k.max_in_flight == 0 {
             return Err(invalid("kafka.max_in_flight", "must be at least 1"));
         }
+        if k.max_in_flight_bytes < 1024 {
+            return Err(invalid(
+                "kafka.max_in_flight_bytes",
+                "must be at least 1024",
+            ));
+        }
+        k.retry_backoff
+            .validate()
+            .map_err(|e| invalid("kafka.retry_backoff", e.to_string()))?;
+        k.restart_backoff
+            .validate()
+            .map_err(|e| invalid("kafka.restart_backoff", e.to_string()))?;
+        if k.dead_letter_file_max_bytes < 4096 {
+            return Err(invalid(
+                "kafka.dead_letter_file_max_bytes",
+                "must be at least 4096",
+            ));
+        }
+        if k.dead_letter_file_keep == 0 {
+            return Err(invalid(
+                "kafka.dead_letter_file_keep",
+                "must be at least 1 (rotation would delete every dead letter)",
+            ));
+        }
         // librdkafka checks its own properties: build a client config now, not at first use.
         let probe = rdkafka::ClientConfig::from_iter(self.kafka_properties()?);
         let producer: Result<rdkafka::producer::BaseProducer, _> = probe.create();
@@ -717,6 +793,16 @@ impl Config {
                 dead_letter_topic: self.kafka.dead_letter_topic.clone(),
                 dead_letter_file,
                 max_in_flight: self.kafka.max_in_flight,
+                max_in_flight_bytes: self.kafka.max_in_flight_bytes,
+                retry_backoff: self.kafka.retry_backoff,
+                max_delivery_attempts: self.kafka.max_delivery_attempts,
+                restart_backoff: self.kafka.restart_backoff,
+                exit_after_failing_for: Some(self.kafka.exit_after_failing_for)
+                    .filter(|limit| !limit.is_zero()),
+                dead_letter_limits: genesys_actors::producer::dead_letter::DeadLetterLimits {
+                    max_bytes: self.kafka.dead_letter_file_max_bytes,
+                    keep: self.kafka.dead_letter_file_keep,
+                },
                 allow_fault_injection: fault_injection,
             }),
             topics: TopicSettings {

@@ -114,6 +114,12 @@ pub struct KafkaStatus {
     pub last_ack_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// Set while producers keep failing fatally (refused credentials or ACLs, fenced): since
+    /// when, and the last such error. Cleared by the next acknowledgement.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub fatal_error: Option<String>,
+    /// Fresh producers made after fatal errors since start.
+    pub producer_restarts: u64,
     pub produced: u64,
     pub dead_lettered: u64,
     pub in_flight: u64,
@@ -171,6 +177,15 @@ impl HealthSnapshot {
         if self.spool.full {
             return Some("spool is full".into());
         }
+        if let Some(since) = self.kafka.failing_since {
+            // Not an outage (that leaves it ready): Kafka refuses this producer for good
+            // until someone fixes credentials or ACLs.
+            let error = self.kafka.fatal_error.as_deref().unwrap_or("unknown");
+            return Some(format!(
+                "Kafka refuses the producer since {}: {error}",
+                since.to_rfc3339()
+            ));
+        }
         None
     }
 }
@@ -202,6 +217,11 @@ impl Health {
 
     pub fn record_ack(&self, at_ms: i64) {
         self.last_ack_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Epoch ms of the last Kafka acknowledgement (0: none yet).
+    pub fn last_ack_ms(&self) -> i64 {
+        self.last_ack_ms.load(Ordering::Relaxed)
     }
 
     /// Forgets a shard that no longer exists.

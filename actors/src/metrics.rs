@@ -71,6 +71,11 @@ pub struct Metrics {
     pub spool_fsync_seconds_max: Gauge<f64, AtomicU64>,
     pub spool_corrupt_cut: Counter,
     pub in_flight: Gauge,
+    pub in_flight_bytes: Gauge,
+    pub retries_waiting: Gauge,
+    pub producer_purges: Counter,
+    pub producer_restarts: Counter,
+    pub producer_failing: Gauge,
     pub gaps_backfilled: Counter,
     pub backfill_conversations: Counter,
     pub backfill_requests: Counter,
@@ -114,6 +119,11 @@ impl Metrics {
             spool_fsync_seconds_max: Gauge::default(),
             spool_corrupt_cut: Counter::default(),
             in_flight: Gauge::default(),
+            in_flight_bytes: Gauge::default(),
+            retries_waiting: Gauge::default(),
+            producer_purges: Counter::default(),
+            producer_restarts: Counter::default(),
+            producer_failing: Gauge::default(),
             gaps_backfilled: Counter::default(),
             backfill_conversations: Counter::default(),
             backfill_requests: Counter::default(),
@@ -292,6 +302,31 @@ impl Metrics {
             "kafka_in_flight",
             "Records handed to the Kafka client and not yet acknowledged",
             metrics.in_flight.clone(),
+        );
+        registry.register(
+            "kafka_in_flight_bytes",
+            "Value bytes handed to the Kafka client and not yet acknowledged",
+            metrics.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "kafka_retries_waiting",
+            "Records waiting to be produced again (after a failed delivery, behind one of their key, or for the dead-letter file)",
+            metrics.retries_waiting.clone(),
+        );
+        registry.register(
+            "kafka_producer_purges",
+            "Purges of the Kafka client's queue, to keep per-key order behind a failed delivery",
+            metrics.producer_purges.clone(),
+        );
+        registry.register(
+            "kafka_producer_restarts",
+            "Fresh Kafka producers made after a fatal error",
+            metrics.producer_restarts.clone(),
+        );
+        registry.register(
+            "kafka_producer_failing",
+            "1 while Kafka refuses the producer with fatal errors (credentials, ACLs), else 0",
+            metrics.producer_failing.clone(),
         );
         registry.register(
             "backfill_gaps",

@@ -48,6 +48,30 @@ pub fn classify_code(code: RDKafkaErrorCode) -> Consequence {
     }
 }
 
+/// Whether librdkafka failed the record because the bridge purged its queue (to keep per-key
+/// order behind a failed record): not an attempt, the record is produced again in order.
+pub fn is_purged(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
+}
+
+/// Whether librdkafka's own queue is full (deliveries will make room): not an error of the
+/// record.
+pub fn is_queue_full(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+}
+
+/// Whether the record is too large for the topic (the dead-letter topic has the same limit:
+/// only its head goes there, the whole record to the dead-letter file).
+pub fn is_too_large(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
+}
+
 /// A label for metrics.
 pub fn label(error: &KafkaError) -> String {
     match error.rdkafka_error_code() {
@@ -86,5 +110,18 @@ mod tests {
             classify_code(RDKafkaErrorCode::ProducerFenced),
             Consequence::Fatal
         );
+        assert_eq!(
+            classify_code(RDKafkaErrorCode::PurgeQueue),
+            Consequence::Retry
+        );
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(is_too_large(&too_large));
+        assert!(!is_purged(&too_large));
+        assert!(is_purged(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::PurgeQueue
+        )));
+        assert!(is_queue_full(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::QueueFull
+        )));
     }
 }

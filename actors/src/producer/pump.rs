@@ -1,185 +1,89 @@
-//! The loop that moves records from the spool into librdkafka, and librdkafka's delivery
-//! callback that acknowledges them in the spool.
+//! The send loop: moves records from the spool into librdkafka, bounded in records and bytes,
+//! and decides what becomes of records whose delivery failed (`delivery.rs` reports them).
+//!
+//! Nothing here blocks the actor's thread: every wait is a `select` on deliveries, new spool
+//! records, a due retry or a stop, so the actor keeps answering and `/livez` stays up.
 
-use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
 use tokio::sync::{mpsc, Notify};
 
-use super::errors::{classify, label, Consequence};
+use super::dead_letter::{self, DeadLetterFile};
+use super::delivery::{DeadLetterCopy, DeliveryContext, Failed, Pending};
+use super::errors::{classify, is_purged, is_queue_full, is_too_large, label, Consequence};
+use super::record::{build, Built, Outgoing};
+use super::retry::{Attempts, Due, RetryBook, Stripes, Verdict};
 use super::KafkaSettings;
-use crate::backfill::{BackfillPayload, BACKFILL};
-use crate::genesys::wire::event_meta;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::socket::frames::MALFORMED;
-use crate::spool::{RecordKind, Spool, SpoolEntry};
+use crate::spool::{Spool, SpoolEntry};
 
-/// What travels with a record through librdkafka.
-pub(super) struct Pending {
+/// Largest read from the spool in one go.
+const MAX_BATCH_RECORDS: usize = 1024;
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How often the loop looks around when nothing wakes it.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// Whether librdkafka took a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Taken (or dealt with: parked, dead-lettered).
+    Taken,
+    /// Not now (librdkafka's queue is full, or a transient produce error): the record stays
+    /// where it is and the loop waits before trying it again.
+    Busy,
+}
+
+/// A dead letter the file could not take yet: the record stays in the spool until it can.
+#[derive(Debug, Clone)]
+struct FileDue {
     seq: u64,
-    received_at_ms: i64,
-    /// Set when this is the dead-letter copy of a record.
-    dead_letter_reason: Option<String>,
-    /// Where the record was routed, for the dead-letter copy.
-    topic: String,
+    routed_topic: String,
+    reason: String,
+    /// Whether the record's head goes to the dead-letter topic once the file holds the whole.
+    too_large: bool,
 }
 
-/// A delivery that failed and needs a decision.
-struct Failed {
-    pending: Pending,
-    consequence: Consequence,
-    error: String,
-    label: String,
+/// What a line of the dead-letter file stands for until it is durable.
+#[derive(Debug, Clone)]
+struct Line {
+    due: FileDue,
+    /// Acknowledge the record once durable (not when its head goes to the topic).
+    acks: bool,
 }
 
-pub(super) struct DeliveryContext {
-    spool: Spool,
-    metrics: Arc<Metrics>,
-    health: Health,
-    in_flight: Arc<AtomicUsize>,
-    wake: Arc<Notify>,
-    failures: mpsc::UnboundedSender<Failed>,
-    dead_letter_file: std::path::PathBuf,
-    dead_letter_lock: Mutex<()>,
-}
-
-impl ClientContext for DeliveryContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "Kafka client error");
-        let mut health = self.health.lock();
-        health.kafka.last_error = Some(format!("{error}: {reason}"));
-        health.kafka.last_error_at = Some(chrono::Utc::now());
-    }
-}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Pending>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        match result {
-            Ok(_) => {
-                let now_ms = chrono::Utc::now().timestamp_millis();
-                if pending.dead_letter_reason.is_some() {
-                    self.metrics
-                        .dead_letters
-                        .get_or_create(&Metrics::reason("topic"))
-                        .inc();
-                } else {
-                    self.metrics.events_produced.inc();
-                    let latency = (now_ms - pending.received_at_ms).max(0) as f64 / 1000.0;
-                    self.metrics.delivery_latency.observe(latency);
-                }
-                self.health.record_ack(now_ms);
-                self.ack(pending.seq);
-            }
-            Err((error, _message)) => {
-                if let Some(reason) = &pending.dead_letter_reason {
-                    // The dead-letter topic refused it too: the file is the last resort.
-                    let reason = format!("{reason}; dead-letter topic: {error}");
-                    if let Some(entry) = self.reread(pending.seq) {
-                        self.write_dead_letter_file(&entry, &pending.topic, &reason);
-                    }
-                    self.ack(pending.seq);
-                } else {
-                    let _ = self.failures.send(Failed {
-                        consequence: classify(error),
-                        error: error.to_string(),
-                        label: label(error),
-                        pending: *pending,
-                    });
-                }
-            }
-        }
-        self.wake.notify_one();
-    }
-}
-
-impl DeliveryContext {
-    fn ack(&self, seq: u64) {
-        if let Err(error) = self.spool.ack(seq) {
-            tracing::error!(seq, error = %error, "spool ack failed");
-        }
-    }
-
-    fn reread(&self, seq: u64) -> Option<SpoolEntry> {
-        self.spool
-            .read_batch(seq, 1, usize::MAX)
-            .ok()
-            .and_then(|batch| batch.into_iter().find(|e| e.seq == seq))
-    }
-
-    /// Appends one JSON line; a record is only acked once this write succeeded or failed loudly.
-    fn write_dead_letter_file(&self, entry: &SpoolEntry, topic: &str, reason: &str) {
-        let payload = &entry.record.payload;
-        let mut line = serde_json::json!({
-            "seq": entry.seq,
-            "shard": entry.record.shard,
-            "received_at_ms": entry.record.received_at_ms,
-            "routed_topic": topic,
-            "reason": reason,
-        });
-        match std::str::from_utf8(payload) {
-            Ok(text) => line["payload"] = text.into(),
-            Err(_) => {
-                line["payload_base64"] = base64::engine::general_purpose::STANDARD
-                    .encode(payload)
-                    .into()
-            }
-        }
-        let _guard = self.dead_letter_lock.lock();
-        let written = crate::private_fs::options()
-            .create(true)
-            .append(true)
-            .open(&self.dead_letter_file)
-            .and_then(|mut file| writeln!(file, "{line}").and_then(|_| file.sync_data()));
-        match written {
-            Ok(()) => {
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&Metrics::reason("file"))
-                    .inc();
-                tracing::error!(seq = entry.seq, reason, file = %self.dead_letter_file.display(), "record written to the dead-letter file");
-            }
-            Err(error) => {
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&Metrics::reason("lost"))
-                    .inc();
-                tracing::error!(seq = entry.seq, reason, error = %error, "dead-letter file write failed: record dropped");
-            }
-        }
-    }
+/// The send loop's own state.
+struct State {
+    cursor: u64,
+    book: RetryBook,
+    dead_letters: DeadLetterFile<Line>,
+    /// Dead letters waiting for the file to work again.
+    file_backlog: Vec<FileDue>,
+    file_attempt: u32,
+    file_due: Option<Instant>,
+    /// Whether anything reached librdkafka's queue since it was last purged.
+    sent_since_purge: bool,
 }
 
 pub(super) struct Pump {
     settings: Arc<KafkaSettings>,
     spool: Spool,
     metrics: Arc<Metrics>,
+    health: Health,
     producer: ThreadedProducer<DeliveryContext>,
     failures: tokio::sync::Mutex<mpsc::UnboundedReceiver<Failed>>,
     in_flight: Arc<AtomicUsize>,
+    in_flight_bytes: Arc<AtomicUsize>,
+    stripes: Arc<Stripes>,
     wake: Arc<Notify>,
     stopped: AtomicBool,
-}
-
-/// Whether librdkafka took a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    /// Taken (or dealt with: dead-lettered, acknowledged).
-    Taken,
-    /// Not now (librdkafka's queue is full, or a transient produce error): the record stays
-    /// where it is and the loop waits, without blocking the thread, before trying it again.
-    Busy,
+    /// librdkafka times records out (`message.timeout.ms` set): one batch per key at a time.
+    one_batch_per_key: bool,
 }
 
 impl Pump {
@@ -190,30 +94,35 @@ impl Pump {
         metrics: Arc<Metrics>,
     ) -> Result<Self, KafkaError> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        // One written 0644 by an earlier version holds customer data too.
-        crate::private_fs::narrow(&settings.dead_letter_file, crate::private_fs::FILE_MODE);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight_bytes = Arc::new(AtomicUsize::new(0));
+        let stripes = Arc::new(Stripes::default());
         let wake = Arc::new(Notify::new());
         let context = DeliveryContext {
             spool: spool.clone(),
             metrics: metrics.clone(),
-            health,
+            health: health.clone(),
             in_flight: in_flight.clone(),
+            in_flight_bytes: in_flight_bytes.clone(),
+            stripes: stripes.clone(),
             wake: wake.clone(),
             failures: sender,
-            dead_letter_file: settings.dead_letter_file.clone(),
-            dead_letter_lock: Mutex::new(()),
         };
         let producer = settings.client_config().create_with_context(context)?;
+        let settings_times_out = settings.records_time_out();
         Ok(Self {
             settings,
             spool,
             metrics,
+            health,
             producer,
             failures: tokio::sync::Mutex::new(receiver),
             in_flight,
+            in_flight_bytes,
+            stripes,
             wake,
             stopped: AtomicBool::new(false),
+            one_batch_per_key: settings_times_out,
         })
     }
 
@@ -225,75 +134,141 @@ impl Pump {
     /// Runs until stopped (Ok) or until the producer is unusable (Err).
     pub(super) async fn run(&self) -> Result<(), String> {
         let mut failures = self.failures.lock().await;
-        let mut cursor = self.spool.committed_seq() + 1;
-        let mut retries: BTreeSet<u64> = BTreeSet::new();
-        let mut retry_pause = Duration::ZERO;
+        let mut state = State {
+            cursor: self.spool.committed_seq() + 1,
+            book: RetryBook::new(
+                self.settings.retry_backoff,
+                self.settings.max_delivery_attempts,
+            ),
+            dead_letters: DeadLetterFile::new(
+                self.settings.dead_letter_file.clone(),
+                self.settings.dead_letter_limits,
+            ),
+            file_backlog: Vec::new(),
+            file_attempt: 0,
+            file_due: None,
+            sent_since_purge: false,
+        };
+        let started_ms = chrono::Utc::now().timestamp_millis();
+        let mut recovered = false;
         loop {
             if self.stopped.load(Ordering::Acquire) {
+                self.sync_dead_letters(&mut state);
                 return Ok(());
             }
             if let Some((code, reason)) = self.producer.client().fatal_error() {
                 return Err(format!("fatal Kafka error {code:?}: {reason}"));
             }
+            // The stripes before the failures: a group seen idle has had its failures read
+            // (the callback reports a failure before it lowers the count).
+            let idle = state.book.idle(&self.stripes);
             while let Ok(failed) = failures.try_recv() {
-                self.on_failed(failed, &mut retries)?;
+                self.on_failed(&mut state, failed)?;
             }
-            let in_flight = self.in_flight.load(Ordering::Acquire);
-            self.metrics.in_flight.set(in_flight as i64);
-            if in_flight >= self.settings.max_in_flight {
-                self.wait(&mut failures, &mut retries, None).await?;
+            if !recovered && self.health.last_ack_ms() > started_ms {
+                // This producer delivered: whatever failed fatally before is over.
+                recovered = true;
+                self.metrics.producer_failing.set(0);
+                let mut health = self.health.lock();
+                if health.kafka.failing_since.take().is_some() {
+                    tracing::info!("Kafka accepts the producer again");
+                }
+                health.kafka.fatal_error = None;
+            }
+            self.sync_dead_letters(&mut state);
+            self.retry_file_backlog(&mut state)?;
+            self.update_gauges(&state);
+            if self.full() {
+                self.wait(&mut state, &mut failures, None).await?;
                 continue;
             }
-            if let Some(seq) = retries.pop_first() {
-                if !retry_pause.is_zero() {
-                    self.pause(retry_pause).await;
-                }
-                retry_pause =
-                    (retry_pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                if let Some(entry) = self.read_one(seq)? {
-                    if self.produce(&entry)? == Sent::Busy {
-                        retries.insert(seq);
-                        self.wait(&mut failures, &mut retries, None).await?;
-                    }
+            // Retries first: they are older than anything new.
+            let due = state.book.take_due(Instant::now(), idle);
+            if !due.is_empty() {
+                if self.send_again(&mut state, due)? == Sent::Busy {
+                    self.wait(&mut state, &mut failures, None).await?;
                 }
                 continue;
             }
-            let room = self.settings.max_in_flight - in_flight;
+            if state.book.len() >= self.settings.max_in_flight {
+                // Enough waits in the retry book (seqs only, read again when sent): newer
+                // records stay in the spool until it shrinks.
+                self.wait(&mut state, &mut failures, None).await?;
+                continue;
+            }
+            let room = self
+                .settings
+                .max_in_flight
+                .saturating_sub(self.in_flight.load(Ordering::Acquire));
+            let bytes_room = self
+                .settings
+                .max_in_flight_bytes
+                .saturating_sub(self.in_flight_bytes.load(Ordering::Acquire))
+                .max(1);
             let batch = self
                 .spool
-                .read_batch(cursor, room.min(1024), 8 << 20)
+                .read_batch(
+                    state.cursor,
+                    room.clamp(1, MAX_BATCH_RECORDS),
+                    bytes_room.min(MAX_BATCH_BYTES),
+                )
                 .map_err(|e| format!("spool read failed: {e}"))?;
-            let Some(last) = batch.last() else {
-                self.wait(&mut failures, &mut retries, Some(cursor)).await?;
+            if batch.is_empty() {
+                let cursor = state.cursor;
+                self.wait(&mut state, &mut failures, Some(cursor)).await?;
                 continue;
-            };
-            cursor = last.seq + 1;
-            retry_pause = Duration::ZERO;
+            }
             for entry in &batch {
-                if self.produce(entry)? == Sent::Busy {
-                    // Taken up to here; this one and the rest of the batch are read again
-                    // once deliveries made room (the wait is a select, never a thread sleep:
-                    // the actor keeps answering, /livez stays up).
-                    cursor = entry.seq;
-                    self.wait(&mut failures, &mut retries, None).await?;
+                if self.full() {
                     break;
                 }
+                if self.produce(&mut state, entry, Attempts::default(), true)? == Sent::Busy {
+                    // This one and the rest of the batch are read again once deliveries made
+                    // room.
+                    self.wait(&mut state, &mut failures, None).await?;
+                    break;
+                }
+                state.cursor = entry.seq + 1;
             }
         }
     }
 
-    /// Sleeps without holding up the thread, ending early when the pump is stopped.
-    async fn pause(&self, pause: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = self.wake.notified() => {}
+    /// The producer's own fatal error (what caused it: refused credentials, an ACL) rather
+    /// than the generic one the records it failed carry.
+    fn fatal_reason(&self, fallback: String) -> String {
+        match self.producer.client().fatal_error() {
+            Some((code, reason)) => format!("fatal Kafka error {code:?}: {reason}"),
+            None => fallback,
         }
     }
 
+    /// In flight at the bound (records, or bytes: a record larger than the byte bound still
+    /// goes, alone).
+    fn full(&self) -> bool {
+        let records = self.in_flight.load(Ordering::Acquire);
+        records >= self.settings.max_in_flight
+            || (records > 0
+                && self.in_flight_bytes.load(Ordering::Acquire)
+                    >= self.settings.max_in_flight_bytes)
+    }
+
+    fn update_gauges(&self, state: &State) {
+        self.metrics
+            .in_flight
+            .set(self.in_flight.load(Ordering::Acquire) as i64);
+        self.metrics
+            .in_flight_bytes
+            .set(self.in_flight_bytes.load(Ordering::Acquire) as i64);
+        self.metrics
+            .retries_waiting
+            .set((state.book.len() + state.file_backlog.len()) as i64);
+    }
+
+    /// Waits for a delivery, new records, a due retry or a stop, never blocking the thread.
     async fn wait(
         &self,
+        state: &mut State,
         failures: &mut mpsc::UnboundedReceiver<Failed>,
-        retries: &mut BTreeSet<u64>,
         new_records_from: Option<u64>,
     ) -> Result<(), String> {
         let spool = self.spool.clone();
@@ -303,15 +278,21 @@ impl Pump {
                 None => std::future::pending().await,
             }
         };
+        let now = Instant::now();
+        let tick = [state.book.next_due(), state.file_due]
+            .into_iter()
+            .flatten()
+            .map(|due| due.saturating_duration_since(now))
+            .fold(IDLE_TICK, Duration::min);
         tokio::select! {
             failed = failures.recv() => {
                 if let Some(failed) = failed {
-                    self.on_failed(failed, retries)?;
+                    self.on_failed(state, failed)?;
                 }
             }
             _ = self.wake.notified() => {}
             _ = appended => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
         Ok(())
     }
@@ -324,119 +305,225 @@ impl Pump {
         Ok(batch.into_iter().find(|e| e.seq == seq))
     }
 
-    fn on_failed(&self, failed: Failed, retries: &mut BTreeSet<u64>) -> Result<(), String> {
-        self.metrics
-            .events_failed
-            .get_or_create(&Metrics::reason(&failed.label))
-            .inc();
-        match failed.consequence {
-            Consequence::Retry => {
-                tracing::debug!(seq = failed.pending.seq, error = %failed.error, "delivery failed; producing again");
-                retries.insert(failed.pending.seq);
-                Ok(())
-            }
-            Consequence::DeadLetter => {
-                let Some(entry) = self.read_one(failed.pending.seq)? else {
-                    return Ok(());
-                };
-                if self.dead_letter(&entry, &failed.pending.topic, &failed.error)? == Sent::Busy {
-                    retries.insert(failed.pending.seq);
+    /// Produces records taken from the retry book, in order.
+    fn send_again(&self, state: &mut State, due: Vec<Due>) -> Result<Sent, String> {
+        let mut rest = due.into_iter();
+        while let Some(record) = rest.next() {
+            // Gone means acknowledged meanwhile or lost to spool damage (reported there).
+            let Some(entry) = self.read_one(record.seq)? else {
+                continue;
+            };
+            if self.produce(state, &entry, record.attempts, false)? == Sent::Busy {
+                let now = Instant::now();
+                state.book.put_back(record, now);
+                for later in rest {
+                    state.book.put_back(later, now);
                 }
-                Ok(())
+                return Ok(Sent::Busy);
             }
-            Consequence::Fatal => Err(format!("fatal delivery error: {}", failed.error)),
+        }
+        Ok(Sent::Taken)
+    }
+
+    /// Builds and sends one spool entry. `hold`: a new record, which waits behind failed
+    /// records of its key.
+    fn produce(
+        &self,
+        state: &mut State,
+        entry: &SpoolEntry,
+        attempts: Attempts,
+        hold: bool,
+    ) -> Result<Sent, String> {
+        match build(entry, &self.settings) {
+            Built::DeadLetter {
+                routed_topic,
+                reason,
+            } => self.dead_letter(state, entry, routed_topic, &reason, false),
+            Built::Send(outgoing) => {
+                let order_key = outgoing.order_key();
+                // With message timeouts, librdkafka fails records one by one as each one's
+                // deadline passes (at its periodic scan, or when a connection comes back),
+                // and sends the newer ones behind it: a key with records out sends nothing
+                // more until they resolved, or a newer record could overtake an older one.
+                let busy_key = self.one_batch_per_key
+                    && order_key.is_some_and(|key| !self.stripes.is_idle(key));
+                if hold && (busy_key || state.book.holds(order_key)) {
+                    state.book.park(entry.seq, order_key, Instant::now());
+                    return Ok(Sent::Taken);
+                }
+                self.send(state, entry, &outgoing, order_key, attempts, None)
+            }
         }
     }
 
-    fn produce(&self, entry: &SpoolEntry) -> Result<Sent, String> {
-        let record = &entry.record;
-        let received = record.received_at_ms.to_string();
-        let shard = record.shard.to_string();
-        let (topic, key, headers) = match record.kind {
-            RecordKind::Event => match event_meta(&record.payload) {
-                Ok(meta) => {
-                    let topic = self.settings.router.route(&meta.topic).to_string();
-                    let mut headers = OwnedHeaders::new().insert(Header {
-                        key: "genesys-topic",
-                        value: Some(meta.topic.as_str()),
-                    });
-                    if let Some(correlation) = &meta.correlation_id {
-                        headers = headers.insert(Header {
-                            key: "genesys-correlation-id",
-                            value: Some(correlation.as_str()),
-                        });
-                    }
-                    (topic, meta.key, headers)
-                }
-                Err(error) => {
-                    return self.dead_letter(
-                        entry,
-                        "(unrouted)",
-                        &format!("malformed frame: {error}"),
-                    )
-                }
-            },
-            kind if kind == BACKFILL => {
-                let Ok(payload) = serde_json::from_slice::<BackfillPayload<'_>>(&record.payload)
-                else {
-                    return self.dead_letter(entry, "(backfill)", "unreadable backfill record");
-                };
-                let topic = self
-                    .settings
-                    .backfill_topic
-                    .clone()
-                    .unwrap_or_else(|| self.settings.status_topic.clone());
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "bridge-record",
-                        value: Some("backfill"),
-                    })
-                    .insert(Header {
-                        key: "backfill-gap",
-                        value: Some(payload.gap.as_str()),
-                    });
-                let value = payload.conversation.get().as_bytes();
-                return self.send_value(
-                    entry,
-                    &topic,
-                    Some(&payload.conversation_id),
-                    headers,
-                    value,
-                );
-            }
-            kind if kind == MALFORMED => {
-                let reason = match std::str::from_utf8(&record.payload) {
-                    Ok(_) => "malformed frame: not a notification envelope",
-                    Err(_) => "malformed frame: binary, not UTF-8",
-                };
-                return self.dead_letter(entry, "(unrouted)", reason);
-            }
-            RecordKind::Gap | RecordKind::Reserved(_) => (
-                self.settings.status_topic.clone(),
-                Some(format!("shard-{}", record.shard)),
-                OwnedHeaders::new().insert(Header {
-                    key: "bridge-record",
-                    value: Some("status"),
-                }),
-            ),
-        };
-        let headers = headers
-            .insert(Header {
-                key: "received-at-ms",
-                value: Some(received.as_str()),
-            })
-            .insert(Header {
-                key: "shard",
-                value: Some(shard.as_str()),
+    /// Hands one record to librdkafka.
+    fn send(
+        &self,
+        state: &mut State,
+        entry: &SpoolEntry,
+        outgoing: &Outgoing<'_>,
+        order_key: Option<u64>,
+        attempts: Attempts,
+        dead_letter: Option<DeadLetterCopy>,
+    ) -> Result<Sent, String> {
+        let mut headers = OwnedHeaders::new_with_capacity(outgoing.headers.len());
+        for (key, value) in &outgoing.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
             });
-        self.send(entry, &topic, key.as_deref(), headers, None)
+        }
+        let stripe = order_key.map(Stripes::stripe);
+        let bytes = outgoing.value.len();
+        let pending = Box::new(Pending {
+            seq: entry.seq,
+            received_at_ms: entry.record.received_at_ms,
+            sent_at_ms: chrono::Utc::now().timestamp_millis(),
+            routed_topic: outgoing.topic.clone(),
+            dead_letter: dead_letter.clone(),
+            order_key,
+            stripe,
+            bytes,
+            attempts,
+        });
+        let mut record: BaseRecord<'_, str, [u8], Box<Pending>> =
+            BaseRecord::with_opaque_to(&outgoing.topic, pending)
+                .payload(outgoing.value)
+                .headers(headers);
+        if let Some(key) = &outgoing.key {
+            record = record.key(key.as_str());
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if let Some(stripe) = stripe {
+            self.stripes.sent(stripe);
+        }
+        let Err((error, _record)) = self.producer.send(record) else {
+            state.sent_since_purge = true;
+            return Ok(Sent::Taken);
+        };
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(stripe) = stripe {
+            self.stripes.resolved(stripe);
+        }
+        if is_queue_full(&error) {
+            // librdkafka's own queue is full: deliveries will make room.
+            self.metrics
+                .events_failed
+                .get_or_create(&Metrics::reason("queue_full"))
+                .inc();
+            return Ok(Sent::Busy);
+        }
+        match (classify(&error), dead_letter) {
+            (Consequence::DeadLetter, None) => self.dead_letter(
+                state,
+                entry,
+                &outgoing.topic,
+                &error.to_string(),
+                is_too_large(&error),
+            ),
+            (Consequence::DeadLetter, Some(copy)) => {
+                // The dead-letter topic refuses it too: the file is the last resort.
+                let reason = format!("{}; dead-letter topic: {error}", copy.reason);
+                self.to_file(state, entry, &copy.routed_topic, &reason);
+                Ok(Sent::Taken)
+            }
+            (Consequence::Fatal, _) => {
+                Err(self.fatal_reason(format!("fatal produce error: {error}")))
+            }
+            (Consequence::Retry, _) => {
+                tracing::debug!(seq = entry.seq, error = %error, "produce refused for now; trying again");
+                Ok(Sent::Busy)
+            }
+        }
     }
 
+    /// A failed delivery, reported by the delivery callback.
+    fn on_failed(&self, state: &mut State, failed: Failed) -> Result<(), String> {
+        let Failed { pending, error } = failed;
+        let purged = is_purged(&error);
+        if !purged {
+            self.metrics
+                .events_failed
+                .get_or_create(&Metrics::reason(&label(&error)))
+                .inc();
+        }
+        let consequence = if purged {
+            Consequence::Retry
+        } else {
+            classify(&error)
+        };
+        match (consequence, &pending.dead_letter) {
+            (Consequence::Fatal, _) => {
+                Err(self.fatal_reason(format!("fatal delivery error: {error}")))
+            }
+            (Consequence::DeadLetter, Some(copy)) => {
+                let reason = format!("{}; dead-letter topic: {error}", copy.reason);
+                self.seq_to_file(state, pending.seq, &copy.routed_topic, &reason)
+            }
+            (Consequence::DeadLetter, None) => {
+                let Some(entry) = self.read_one(pending.seq)? else {
+                    return Ok(());
+                };
+                self.dead_letter(
+                    state,
+                    &entry,
+                    &pending.routed_topic,
+                    &error.to_string(),
+                    is_too_large(&error),
+                )
+                .map(|_| ())
+            }
+            (Consequence::Retry, _) => {
+                // It counts against the bound only if Kafka took other records meanwhile.
+                let counts = self.health.last_ack_ms() > pending.sent_at_ms;
+                let newly_held = !state.book.holds(pending.order_key);
+                let verdict = state.book.failed(
+                    pending.seq,
+                    pending.order_key,
+                    pending.attempts,
+                    counts,
+                    purged,
+                    Instant::now(),
+                );
+                match verdict {
+                    Verdict::Waits => {
+                        tracing::debug!(seq = pending.seq, error = %error, "delivery failed; producing it again in order");
+                        if !purged && newly_held && state.sent_since_purge {
+                            // Newer records of its key may wait in librdkafka's queue; sent
+                            // after a failed one they would overtake it. Back into the
+                            // retry book with them (they come back as purged).
+                            self.producer.purge(PurgeConfig::default().queue());
+                            state.sent_since_purge = false;
+                            self.metrics.producer_purges.inc();
+                        }
+                        Ok(())
+                    }
+                    Verdict::GiveUp(attempts) => {
+                        let Some(entry) = self.read_one(pending.seq)? else {
+                            return Ok(());
+                        };
+                        let reason = format!(
+                            "delivery failed {attempts} times while Kafka took other records: {error}"
+                        );
+                        self.dead_letter(state, &entry, &pending.routed_topic, &reason, false)
+                            .map(|_| ())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a record Kafka can never take where it was routed to the dead-letter topic, or to
+    /// the dead-letter file when there is no such topic.
     fn dead_letter(
         &self,
+        state: &mut State,
         entry: &SpoolEntry,
         routed_topic: &str,
         reason: &str,
+        too_large: bool,
     ) -> Result<Sent, String> {
         tracing::warn!(
             seq = entry.seq,
@@ -444,129 +531,184 @@ impl Pump {
             "record cannot be delivered; dead-lettering it"
         );
         let Some(topic) = self.settings.dead_letter_topic.clone() else {
-            self.producer
-                .context()
-                .write_dead_letter_file(entry, routed_topic, reason);
-            self.producer.context().ack(entry.seq);
+            self.to_file(state, entry, routed_topic, reason);
             return Ok(Sent::Taken);
         };
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "dead-letter-reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "routed-topic",
-                value: Some(routed_topic),
-            });
-        if reason.to_lowercase().contains("size too large") {
-            // The dead-letter topic has the same size limit: the whole frame goes to the
-            // dead-letter file, and the topic gets its first KiB with a pointer to the file.
-            self.producer
-                .context()
-                .write_dead_letter_file(entry, routed_topic, reason);
-            let original = entry.record.payload.len().to_string();
-            let file = self.settings.dead_letter_file.display().to_string();
-            let headers = headers
-                .insert(Header {
-                    key: "truncated-from-bytes",
-                    value: Some(original.as_str()),
-                })
-                .insert(Header {
-                    key: "dead-letter-file",
-                    value: Some(file.as_str()),
-                });
-            let head = &entry.record.payload[..entry.record.payload.len().min(1024)];
-            return self.send_payload(entry, &topic, None, headers, Some(reason.to_string()), head);
+        let mut headers = vec![
+            ("dead-letter-reason", reason.to_string()),
+            ("routed-topic", routed_topic.to_string()),
+        ];
+        let mut value: &[u8] = &entry.record.payload;
+        if too_large {
+            // The dead-letter topic has the same size limit: the whole record goes to the
+            // file (durable before the topic's copy can acknowledge it), the topic gets its
+            // first KiB with a pointer to the file.
+            if !self.to_file_now(state, entry, routed_topic, reason)? {
+                return Ok(Sent::Taken);
+            }
+            headers.push(("truncated-from-bytes", value.len().to_string()));
+            headers.push((
+                "dead-letter-file",
+                self.settings.dead_letter_file.display().to_string(),
+            ));
+            value = &value[..value.len().min(1024)];
         }
-        self.send(entry, &topic, None, headers, Some(reason.to_string()))
-    }
-
-    fn send(
-        &self,
-        entry: &SpoolEntry,
-        topic: &str,
-        key: Option<&str>,
-        headers: OwnedHeaders,
-        dead_letter_reason: Option<String>,
-    ) -> Result<Sent, String> {
-        self.send_payload(
-            entry,
+        let outgoing = Outgoing {
             topic,
-            key,
+            key: None,
             headers,
-            dead_letter_reason,
-            &entry.record.payload,
+            value,
+        };
+        let copy = DeadLetterCopy {
+            reason: reason.to_string(),
+            routed_topic: routed_topic.to_string(),
+        };
+        self.send(
+            state,
+            entry,
+            &outgoing,
+            None,
+            Attempts::default(),
+            Some(copy),
         )
     }
 
-    /// Sends a value other than the record's payload (a backfilled conversation).
-    fn send_value(
-        &self,
-        entry: &SpoolEntry,
-        topic: &str,
-        key: Option<&str>,
-        headers: OwnedHeaders,
-        value: &[u8],
-    ) -> Result<Sent, String> {
-        self.send_payload(entry, topic, key, headers, None, value)
+    /// Writes a dead letter to the file; the record is acknowledged once the line is durable
+    /// (the next sync), or kept in the spool and tried again while the file fails.
+    fn to_file(&self, state: &mut State, entry: &SpoolEntry, routed_topic: &str, reason: &str) {
+        let due = FileDue {
+            seq: entry.seq,
+            routed_topic: routed_topic.to_string(),
+            reason: reason.to_string(),
+            too_large: false,
+        };
+        self.append_line(state, entry, due, true);
     }
 
-    fn send_payload(
+    /// [`Self::to_file`] for a record known by its seq (a delivery report).
+    fn seq_to_file(
         &self,
+        state: &mut State,
+        seq: u64,
+        routed_topic: &str,
+        reason: &str,
+    ) -> Result<(), String> {
+        if let Some(entry) = self.read_one(seq)? {
+            self.to_file(state, &entry, routed_topic, reason);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole of a record whose head goes to the dead-letter topic, synced now;
+    /// false when the file failed (the record waits in the backlog).
+    fn to_file_now(
+        &self,
+        state: &mut State,
         entry: &SpoolEntry,
-        topic: &str,
-        key: Option<&str>,
-        headers: OwnedHeaders,
-        dead_letter_reason: Option<String>,
-        value: &[u8],
-    ) -> Result<Sent, String> {
-        {
-            let pending = Box::new(Pending {
-                seq: entry.seq,
-                received_at_ms: entry.record.received_at_ms,
-                dead_letter_reason: dead_letter_reason.clone(),
-                topic: topic.to_string(),
-            });
-            let mut record: BaseRecord<'_, str, [u8], Box<Pending>> =
-                BaseRecord::with_opaque_to(topic, pending)
-                    .payload(value)
-                    .headers(headers.clone());
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            let Err((error, _record)) = self.producer.send(record) else {
-                return Ok(Sent::Taken);
-            };
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                // librdkafka's own queue is full: deliveries will make room.
-                self.metrics
-                    .events_failed
-                    .get_or_create(&Metrics::reason("queue_full"))
-                    .inc();
-                return Ok(Sent::Busy);
-            }
-            match classify(&error) {
-                Consequence::DeadLetter if dead_letter_reason.is_none() => {
-                    self.dead_letter(entry, topic, &error.to_string())
-                }
-                Consequence::DeadLetter => {
-                    self.producer.context().write_dead_letter_file(
-                        entry,
-                        topic,
-                        &format!("{dead_letter_reason:?}; {error}"),
-                    );
-                    self.producer.context().ack(entry.seq);
-                    Ok(Sent::Taken)
-                }
-                Consequence::Fatal => Err(format!("fatal produce error: {error}")),
-                Consequence::Retry => {
-                    tracing::debug!(seq = entry.seq, error = %error, "produce refused for now; trying again");
-                    Ok(Sent::Busy)
-                }
+        routed_topic: &str,
+        reason: &str,
+    ) -> Result<bool, String> {
+        let due = FileDue {
+            seq: entry.seq,
+            routed_topic: routed_topic.to_string(),
+            reason: reason.to_string(),
+            too_large: true,
+        };
+        if !self.append_line(state, entry, due, false) {
+            return Ok(false);
+        }
+        Ok(self.sync_dead_letters(state))
+    }
+
+    /// Appends a dead-letter line; on failure the record goes to the backlog.
+    fn append_line(&self, state: &mut State, entry: &SpoolEntry, due: FileDue, acks: bool) -> bool {
+        let line = dead_letter::line(entry, &due.routed_topic, &due.reason);
+        match state.dead_letters.append(
+            Line {
+                due: due.clone(),
+                acks,
+            },
+            &line,
+        ) {
+            Ok(()) => true,
+            Err(error) => {
+                self.file_failed(state, vec![due], &error);
+                false
             }
         }
+    }
+
+    /// Makes written dead-letter lines durable and acknowledges their records; false when the
+    /// sync failed (they are written again later).
+    fn sync_dead_letters(&self, state: &mut State) -> bool {
+        if !state.dead_letters.has_unsynced() {
+            return true;
+        }
+        match state.dead_letters.sync() {
+            Ok(lines) => {
+                for line in lines {
+                    tracing::error!(seq = line.due.seq, reason = %line.due.reason, file = %state.dead_letters.path().display(), "record written to the dead-letter file");
+                    self.metrics
+                        .dead_letters
+                        .get_or_create(&Metrics::reason("file"))
+                        .inc();
+                    if line.acks {
+                        self.producer.context().ack(line.due.seq);
+                    }
+                }
+                true
+            }
+            Err((error, lines)) => {
+                let dues = lines.into_iter().map(|line| line.due).collect();
+                self.file_failed(state, dues, &error);
+                false
+            }
+        }
+    }
+
+    fn file_failed(&self, state: &mut State, dues: Vec<FileDue>, error: &std::io::Error) {
+        self.metrics
+            .dead_letters
+            .get_or_create(&Metrics::reason("file_failed"))
+            .inc_by(dues.len() as u64);
+        let delay = self.settings.retry_backoff.delay(state.file_attempt);
+        state.file_attempt = state.file_attempt.saturating_add(1);
+        state.file_due = Some(Instant::now() + delay);
+        tracing::error!(
+            records = dues.len(),
+            file = %state.dead_letters.path().display(),
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "dead-letter file write failed; the records stay in the spool and are written again"
+        );
+        let mut health = self.health.lock();
+        health.kafka.last_error = Some(format!("dead-letter file: {error}"));
+        health.kafka.last_error_at = Some(chrono::Utc::now());
+        drop(health);
+        state.file_backlog.extend(dues);
+    }
+
+    /// Writes the dead letters the file could not take, once their backoff passed.
+    fn retry_file_backlog(&self, state: &mut State) -> Result<(), String> {
+        if state.file_backlog.is_empty() || state.file_due.is_some_and(|due| Instant::now() < due) {
+            return Ok(());
+        }
+        state.file_due = None;
+        let backlog = std::mem::take(&mut state.file_backlog);
+        for due in backlog {
+            let Some(entry) = self.read_one(due.seq)? else {
+                continue;
+            };
+            if due.too_large {
+                // The whole record first, then its head to the topic, as the first time.
+                self.dead_letter(state, &entry, &due.routed_topic, &due.reason, true)?;
+            } else {
+                self.append_line(state, &entry, due, true);
+            }
+        }
+        if self.sync_dead_letters(state) && state.file_backlog.is_empty() {
+            state.file_attempt = 0;
+        }
+        Ok(())
     }
 }

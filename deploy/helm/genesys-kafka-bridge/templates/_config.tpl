@@ -49,6 +49,11 @@ dead_letter_topic = {{ toJson . }}
 dead_letter_file = {{ toJson . }}
 {{- end }}
 max_in_flight = {{ $k.maxInFlight | int64 }}
+max_in_flight_bytes = {{ $k.maxInFlightBytes | int64 }}
+max_delivery_attempts = {{ $k.maxDeliveryAttempts | int64 }}
+exit_after_failing_for = {{ toJson $k.exitAfterFailingFor }}
+dead_letter_file_max_bytes = {{ $k.deadLetterFileMaxBytes | int64 }}
+dead_letter_file_keep = {{ $k.deadLetterFileKeep | int64 }}
 {{- with $k.propertiesFromSecret }}
 properties_from_files = { {{ include "gkb.propertiesFromFiles" $ }} }
 {{- end }}

@@ -1,0 +1,226 @@
+//! What a spool entry becomes in Kafka: topic, key, headers and value, or the reason it can only
+//! be dead-lettered. Pure: no producer, no I/O.
+
+use std::hash::{Hash, Hasher};
+
+use crate::backfill::{BackfillPayload, BACKFILL};
+use crate::genesys::wire::event_meta;
+use crate::socket::frames::MALFORMED;
+use crate::spool::{RecordKind, SpoolEntry};
+
+use super::KafkaSettings;
+
+/// A record ready for librdkafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Outgoing<'a> {
+    pub(super) topic: String,
+    pub(super) key: Option<String>,
+    pub(super) headers: Vec<(&'static str, String)>,
+    pub(super) value: &'a [u8],
+}
+
+impl Outgoing<'_> {
+    /// A hash of topic and key: records with the same one must reach Kafka in spool order.
+    /// `None` for records without a key (their order does not matter).
+    pub(super) fn order_key(&self) -> Option<u64> {
+        let key = self.key.as_ref()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.topic.hash(&mut hasher);
+        key.hash(&mut hasher);
+        Some(hasher.finish())
+    }
+}
+
+/// What to do with a spool entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Built<'a> {
+    Send(Outgoing<'a>),
+    /// It can never be routed: straight to the dead-letter destination.
+    DeadLetter {
+        routed_topic: &'static str,
+        reason: String,
+    },
+}
+
+/// Builds the Kafka record for `entry`.
+pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &KafkaSettings) -> Built<'a> {
+    let record = &entry.record;
+    let common = |mut headers: Vec<(&'static str, String)>| {
+        headers.push(("received-at-ms", record.received_at_ms.to_string()));
+        headers.push(("shard", record.shard.to_string()));
+        headers
+    };
+    match record.kind {
+        RecordKind::Event => match event_meta(&record.payload) {
+            Ok(meta) => {
+                let topic = settings.router.route(&meta.topic).to_string();
+                let mut headers = Vec::with_capacity(4);
+                headers.push(("genesys-topic", meta.topic));
+                if let Some(correlation) = meta.correlation_id {
+                    headers.push(("genesys-correlation-id", correlation));
+                }
+                Built::Send(Outgoing {
+                    topic,
+                    key: meta.key,
+                    headers: common(headers),
+                    value: &record.payload,
+                })
+            }
+            Err(error) => Built::DeadLetter {
+                routed_topic: "(unrouted)",
+                reason: format!("malformed frame: {error}"),
+            },
+        },
+        kind if kind == BACKFILL => {
+            let Ok(payload) = serde_json::from_slice::<BackfillPayload<'_>>(&record.payload) else {
+                return Built::DeadLetter {
+                    routed_topic: "(backfill)",
+                    reason: "unreadable backfill record".into(),
+                };
+            };
+            let topic = settings
+                .backfill_topic
+                .clone()
+                .unwrap_or_else(|| settings.status_topic.clone());
+            Built::Send(Outgoing {
+                topic,
+                key: Some(payload.conversation_id),
+                headers: vec![
+                    ("bridge-record", "backfill".into()),
+                    ("backfill-gap", payload.gap),
+                ],
+                value: payload.conversation.get().as_bytes(),
+            })
+        }
+        kind if kind == MALFORMED => Built::DeadLetter {
+            routed_topic: "(unrouted)",
+            reason: match std::str::from_utf8(&record.payload) {
+                Ok(_) => "malformed frame: not a notification envelope".into(),
+                Err(_) => "malformed frame: binary, not UTF-8".into(),
+            },
+        },
+        RecordKind::Gap | RecordKind::Reserved(_) => Built::Send(Outgoing {
+            topic: settings.status_topic.clone(),
+            key: Some(format!("shard-{}", record.shard)),
+            headers: common(vec![("bridge-record", "status".into())]),
+            value: &record.payload,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::routing::Router;
+    use crate::spool::Record;
+
+    fn settings(backfill_topic: Option<&str>) -> KafkaSettings {
+        KafkaSettings {
+            router: Router::new(
+                &[crate::producer::routing::Route {
+                    pattern: "v2.users.*.conversations".into(),
+                    topic: "user-conversations".into(),
+                }],
+                "events",
+            ),
+            status_topic: "status".into(),
+            backfill_topic: backfill_topic.map(str::to_string),
+            ..KafkaSettings::for_tests()
+        }
+    }
+
+    fn entry(record: Record) -> SpoolEntry {
+        SpoolEntry { seq: 7, record }
+    }
+
+    fn header<'a>(outgoing: &'a Outgoing<'_>, name: &str) -> Option<&'a str> {
+        outgoing
+            .headers
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn an_event_is_routed_keyed_by_its_conversation_and_carries_its_metadata() {
+        let frame = r#"{"topicName":"v2.users.u1.conversations","version":"2","eventBody":{"id":"c1"},"metadata":{"CorrelationId":"k9"}}"#;
+        let entry = entry(Record::event(3, 1_700_000_000_123, frame));
+        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+            panic!("routable");
+        };
+        assert_eq!(outgoing.topic, "user-conversations");
+        assert_eq!(outgoing.key.as_deref(), Some("c1"));
+        assert_eq!(
+            outgoing.value,
+            frame.as_bytes(),
+            "the frame exactly as received"
+        );
+        assert_eq!(
+            header(&outgoing, "genesys-topic"),
+            Some("v2.users.u1.conversations")
+        );
+        assert_eq!(header(&outgoing, "genesys-correlation-id"), Some("k9"));
+        assert_eq!(header(&outgoing, "received-at-ms"), Some("1700000000123"));
+        assert_eq!(header(&outgoing, "shard"), Some("3"));
+        assert!(outgoing.order_key().is_some());
+    }
+
+    #[test]
+    fn an_event_no_route_matches_goes_to_the_default_topic() {
+        let frame = r#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":"c2"}}"#;
+        let entry = entry(Record::event(0, 1, frame));
+        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+            panic!("routable");
+        };
+        assert_eq!(outgoing.topic, "events");
+        assert_eq!(header(&outgoing, "genesys-correlation-id"), None);
+    }
+
+    #[test]
+    fn malformed_and_binary_frames_are_dead_letters_with_a_reason() {
+        let broken = entry(Record::event(0, 1, "{not json"));
+        assert!(matches!(
+            build(&broken, &settings(None)),
+            Built::DeadLetter { routed_topic: "(unrouted)", reason } if reason.starts_with("malformed frame")
+        ));
+        let mut binary = Record::event(0, 1, vec![0xff, 0xfe]);
+        binary.kind = MALFORMED;
+        assert!(matches!(
+            build(&entry(binary), &settings(None)),
+            Built::DeadLetter { reason, .. } if reason.contains("not UTF-8")
+        ));
+    }
+
+    #[test]
+    fn a_backfilled_conversation_goes_to_the_backfill_topic_as_the_conversation_itself() {
+        let payload = r#"{"gap":"g1","conversationId":"c3","conversation":{"id":"c3","x":1}}"#;
+        let mut record = Record::event(2, 5, payload);
+        record.kind = BACKFILL;
+        let entry = entry(record);
+        let Built::Send(outgoing) = build(&entry, &settings(Some("backfill"))) else {
+            panic!("routable");
+        };
+        assert_eq!(outgoing.topic, "backfill");
+        assert_eq!(outgoing.key.as_deref(), Some("c3"));
+        assert_eq!(outgoing.value, br#"{"id":"c3","x":1}"#);
+        assert_eq!(header(&outgoing, "backfill-gap"), Some("g1"));
+        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+            panic!("routable");
+        };
+        assert_eq!(
+            outgoing.topic, "status",
+            "no backfill topic: the status topic"
+        );
+    }
+
+    #[test]
+    fn a_gap_record_goes_to_the_status_topic_keyed_by_shard() {
+        let entry = entry(Record::gap(4, 9, r#"{"type":"gap"}"#));
+        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+            panic!("routable");
+        };
+        assert_eq!(outgoing.topic, "status");
+        assert_eq!(outgoing.key.as_deref(), Some("shard-4"));
+        assert_eq!(header(&outgoing, "bridge-record"), Some("status"));
+    }
+}
