@@ -99,7 +99,9 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
 /// Test hooks (built with the `fault-injection` feature, and `[debug] fault_injection = true`
 /// only): `POST /debug/panic/{actor}`,
 /// `POST /debug/hang/{actor}?seconds=N`, `POST /debug/refuse-status/socket-N?count=N` (the next
-/// N status records of that shard find the spool full).
+/// N status records of that shard find the spool full), `POST
+/// /debug/refuse-topic-updates/socket-N?count=N` (the next N topic updates to that shard are
+/// refused as by a full mailbox).
 #[cfg(feature = "fault-injection")]
 async fn inject_fault(
     state: web::Data<HttpState>,
@@ -122,6 +124,10 @@ async fn inject_fault(
         "refuse-status" => {
             let count = query.get("count").and_then(|s| s.parse().ok()).unwrap_or(1);
             InjectFault::RefuseStatus(count)
+        }
+        "refuse-topic-updates" => {
+            let count = query.get("count").and_then(|s| s.parse().ok()).unwrap_or(1);
+            InjectFault::RefuseTopicUpdates(count)
         }
         _ => return HttpResponse::NotFound().finish(),
     };

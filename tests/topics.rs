@@ -119,6 +119,63 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
     assert_eq!(live, 2, "the rollover closed the old sockets: one per leg");
 }
 
+/// #13 defect 9: a topic update refused by the shard's full mailbox was never sent again, so
+/// the shard kept its old topics. Here the supervisor refuses the next three updates to shard
+/// 0 as a full mailbox would (the test hook sits where that error is handled); the update
+/// still arrives on a later watch tick.
+#[test]
+fn a_topic_update_refused_by_a_full_mailbox_is_sent_again() {
+    let kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 1);
+    let sim = Simulator::start(SimConfig {
+        queues: 3,
+        agents: 5,
+        rate_per_sec: 0.0,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[topics]
+refresh_interval = "300ms"
+templates = [{ template = "v2.routing.queues.{id}.conversations" }]
+"#;
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &kafka.brokers(), extra),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        bridge.post("/debug/refuse-topic-updates/socket-0?count=3"),
+        Some(202)
+    );
+    let rejected_before =
+        bridge.metric("genesys_bridge_mailbox_rejections_total{actor=\"socket\"}");
+    let added = sim.add_queue("Brand new queue");
+    let topic = format!("v2.routing.queues.{added}.conversations");
+    wait_until(
+        "a live channel subscribed to the new queue",
+        Duration::from_secs(30),
+        || {
+            sim.channels()
+                .iter()
+                .any(|c| c.alive && c.connected && c.topics.contains(&topic))
+        },
+    );
+    let rejected = bridge.metric("genesys_bridge_mailbox_rejections_total{actor=\"socket\"}")
+        - rejected_before;
+    assert_eq!(
+        rejected, 3.0,
+        "three refusals, then the update went through"
+    );
+    assert!(bridge
+        .logs()
+        .iter()
+        .any(|l| l.contains("topic update refused as by a full mailbox")));
+    bridge.wait_ready(Duration::from_secs(30));
+}
+
 #[test]
 fn rejected_topics_are_reported_and_the_rest_keep_streaming() {
     let kafka = Tansu::start();

@@ -71,6 +71,9 @@ pub enum InjectFault {
     /// SocketActor only: the next N status records (gap, rollover, channel) find the spool
     /// full, as if its gap headroom were used up (tests prove they wait on disk, in order).
     RefuseStatus(u32),
+    /// Supervisor, for a socket actor: the next N `UpdateTopics` to it are refused as by a
+    /// full mailbox (tests prove they are sent again).
+    RefuseTopicUpdates(u32),
 }
 
 impl InjectFault {
@@ -90,6 +93,12 @@ impl InjectFault {
                 tracing::warn!(
                     actor,
                     "status refusals apply to socket actors only; ignored"
+                );
+            }
+            InjectFault::RefuseTopicUpdates(_) => {
+                tracing::warn!(
+                    actor,
+                    "topic update refusals are applied by the supervisor; ignored"
                 );
             }
         }

@@ -6,7 +6,7 @@
 //! rebuilds a dead child from its factory on a fresh Arbiter. Peers reach children through
 //! [`Slot`](crate::slot::Slot)s, which the supervisor points at the new `Addr`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -184,6 +184,9 @@ pub struct Supervisor {
     legs: Option<usize>,
     /// Shards whose `UpdateTopics` was refused by a full mailbox: sent again on the next tick.
     topic_updates_due: std::collections::BTreeSet<u32>,
+    /// Test hook (`InjectFault::RefuseTopicUpdates`): per shard, topic updates still to treat
+    /// as refused by a full mailbox.
+    refused_topic_updates: HashMap<u32, u32>,
 }
 
 impl Supervisor {
@@ -212,6 +215,7 @@ impl Supervisor {
             budget,
             legs: None,
             topic_updates_due: Default::default(),
+            refused_topic_updates: HashMap::new(),
             backfill_queue,
             backfill: None,
         }
@@ -523,6 +527,19 @@ impl Supervisor {
                 self.topic_updates_due.remove(&shard);
                 continue;
             };
+            if let Some(left) = self
+                .refused_topic_updates
+                .get_mut(&shard)
+                .filter(|n| **n > 0)
+            {
+                *left -= 1;
+                self.metrics
+                    .mailbox_rejections
+                    .get_or_create(&Metrics::actor("socket"))
+                    .inc();
+                tracing::warn!(shard, "injected: topic update refused as by a full mailbox");
+                continue;
+            }
             let sent = self.peers.socket(shard).is_some_and(|slot| {
                 slot.try_send(UpdateTopics { topics }, &self.metrics)
                     .is_ok()
@@ -775,6 +792,10 @@ impl Handler<FaultActor> for Supervisor {
         let Some(id) = ChildId::parse(&msg.name) else {
             return false;
         };
+        if let (InjectFault::RefuseTopicUpdates(count), ChildId::Socket(shard)) = (msg.fault, id) {
+            self.refused_topic_updates.insert(shard, count);
+            return true;
+        }
         let metrics = &self.metrics;
         let sent = match id {
             ChildId::Producer => self.peers.producer.try_send(msg.fault, metrics),
