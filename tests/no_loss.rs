@@ -433,3 +433,115 @@ fn livez_stays_up_while_librdkafkas_queue_is_full_in_an_outage() {
     let duplicates = assert_all_delivered(&sim, &kafka.brokers(), Duration::from_secs(120));
     eprintln!("librdkafka queue of 20 through a 20 s stall: 0 lost, {duplicates} duplicates");
 }
+
+/// A tmpfs of `bytes` mounted at `path` (root only: `None` elsewhere), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, bytes: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// #14 defect 3: a disk that fills up during a Kafka outage. The sockets pause; a bridge
+/// SIGKILLed on the full disk starts again (recovery may have no room for a new segment: see
+/// spool_recovery's test of that); once Kafka acknowledges, acknowledged segments are deleted,
+/// the room comes back, everything spooled is delivered, and the stream goes on.
+#[test]
+fn a_filled_disk_recovers_once_kafka_acknowledges_also_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&dir.path().join("spool"), 6 << 20) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let mut kafka = Tansu::start();
+    kafka.create_topics(&TEST_TOPICS, 3);
+    let sim = sim(6.0);
+    // The spool's own cap is far above the disk: the disk fills first.
+    let config = test_config(&sim.base_url(), &kafka.brokers(), EXTRA)
+        .replace("max_bytes = 67108864", "max_bytes = 1073741824");
+    let mut bridge = Bridge::start(dir.path(), &config, &[]);
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_until("streaming into Kafka", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > 20.0
+    });
+    kafka.stop();
+    sim.faults().burst(Target::All, 8_000, None);
+    wait_until("the disk is full", Duration::from_secs(120), || {
+        bridge.metric("genesys_bridge_events_failed_total{reason=\"spool_io\"}") >= 1.0
+    });
+    assert_eq!(bridge.get("/livez").map(|r| r.0), Some(200));
+    // A crash on the full disk, and a start on it.
+    bridge.kill();
+    bridge.restart(&[]);
+    wait_until(
+        "the bridge runs again on the full disk",
+        Duration::from_secs(30),
+        || bridge.get("/livez").is_some_and(|(code, _)| code == 200),
+    );
+    let spooled = bridge.metric("genesys_bridge_events_spooled_total");
+    kafka.restart();
+    wait_until(
+        "acknowledged segments make room and the stream goes on",
+        Duration::from_secs(120),
+        || bridge.metric("genesys_bridge_events_spooled_total") > spooled + 50.0,
+    );
+    bridge.wait_ready(Duration::from_secs(60));
+    sim.faults().silence(Target::All, None);
+    wait_until("the spool is drained", Duration::from_secs(120), || {
+        bridge.status()["spool"]["records"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+            == 0
+    });
+    // What the full disk kept the bridge from taking: events sent while the sockets were
+    // paused. Known open defect (#13): on a full *disk* (not the spool's own cap) the status
+    // records that would report those intervals cannot be written either, so some of them
+    // are not covered by a gap record; counted here, not asserted.
+    let landed: std::collections::HashSet<String> = consume_all(&kafka.brokers(), &DATA_TOPICS)
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    let gaps = gap_records(&kafka);
+    let missing: Vec<i64> = sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.kind == FrameKind::Event && !landed.contains(&*e.frame))
+        .map(|e| e.sent_at.timestamp_millis())
+        .collect();
+    let uncovered = missing
+        .iter()
+        .filter(|at| {
+            !gaps
+                .iter()
+                .any(|(_, start, end, _)| start - 500 <= **at && **at <= end + 500)
+        })
+        .count();
+    eprintln!(
+        "full disk: {} events sent while the sockets were paused, {uncovered} of them outside the {} gap records",
+        missing.len(),
+        gaps.len()
+    );
+    assert!(!missing.is_empty(), "the burst did fill the disk");
+}

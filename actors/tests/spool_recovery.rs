@@ -457,6 +457,70 @@ fn corruption_found_while_reading_loses_only_the_damaged_record() {
     assert_eq!(seqs(&read_all(&spool, 1)), vec![11]);
 }
 
+/// #14 defect 3: a spool reopened on a disk so full that no new segment fits. Before, the open
+/// failed (the process exited 73 and delivered nothing, although delivering is what frees the
+/// disk). Now the last segment stays active, everything reads, appends fail until acknowledged
+/// segments are deleted, then work again. Needs root for the tmpfs (CI runs as root).
+#[test]
+fn a_spool_opens_on_a_disk_with_no_room_for_a_new_segment_and_recovers_once_acked() {
+    let _shared = no_spawn_in_flight();
+    let outer = tempfile::tempdir().expect("tempdir");
+    let dir = outer.path().join("tmpfs");
+    std::fs::create_dir(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&dir);
+    // 107-byte payloads make 136-byte frames: 30 fill a 4 KiB segment exactly.
+    let exact = |n: u64| {
+        let mut payload = format!("{{\"n\":{n:08}}}").into_bytes();
+        payload.resize(107, b' ');
+        Record::event(1, n as i64, payload)
+    };
+    let (spool, _) = Spool::open(config(&dir, 4096)).expect("open");
+    for n in 1..=90 {
+        spool.append(&exact(n)).expect("append");
+    }
+    spool.close().expect("close");
+    assert!(segment_path(&dir, 61).exists() && !segment_path(&dir, 91).exists());
+    // Fill the disk to the last page.
+    let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+    while filler.write_all(&[0u8; 4096]).is_ok() {}
+    let _ = filler.sync_all();
+
+    let (spool, report) = Spool::open(config(&dir, 4096)).expect("opens on the full disk");
+    assert_eq!(report.next_seq, 91);
+    let entries = read_all(&spool, 1);
+    assert_eq!(seqs(&entries), (1..=90).collect::<Vec<u64>>());
+    assert!(
+        spool.append(&exact(91)).is_err(),
+        "no room for a new segment yet"
+    );
+    // Kafka acknowledges the first 60: their segments go, and the room with them.
+    for seq in 1..=60 {
+        spool.ack(seq).expect("ack");
+    }
+    let _ = spool.sync();
+    assert!(!segment_path(&dir, 1).exists() && !segment_path(&dir, 31).exists());
+    let outcome = spool.append(&exact(91)).expect("room again");
+    assert!(matches!(outcome, AppendOutcome::Appended { seq: 91, .. }));
+    spool.close().expect("close");
+    let (spool, _) = Spool::open(config(&dir, 4096)).expect("reopen");
+    assert_eq!(seqs(&read_all(&spool, 61)), (61..=91).collect::<Vec<u64>>());
+}
+
 // --- Crashes and failing writes, in child processes --------------------------------------------
 
 const CHILD_DIR_ENV: &str = "SPOOL_TEST_CHILD_DIR";

@@ -192,17 +192,35 @@ pub(crate) fn recover(config: &SpoolConfig) -> Result<Recovered, SpoolError> {
         .is_some_and(|segment| segment.next_seq == next_seq && segment.len < config.segment_bytes);
     let mut created = false;
     if !reusable {
-        let segment = Segment::create(dir, next_seq).map_err(|error| {
-            SpoolError::io(
-                format!("creating segment {next_seq} in {}", dir.display()),
-                error,
-            )
-        })?;
-        segment.file.sync_all().map_err(|error| {
-            SpoolError::io(format!("fsync of {}", segment.path.display()), error)
-        })?;
-        kept.push(segment);
-        created = true;
+        let continues_last = kept
+            .last()
+            .is_some_and(|segment| segment.next_seq == next_seq);
+        match Segment::create(dir, next_seq).and_then(|segment| {
+            segment.file.sync_all()?;
+            Ok(segment)
+        }) {
+            Ok(segment) => {
+                kept.push(segment);
+                created = true;
+            }
+            Err(error) if continues_last => {
+                // A full disk: what is in the spool can still be read and delivered, which
+                // is what makes room. The last segment stays active (past its size); the
+                // first append after it tries to rotate again.
+                let _ = std::fs::remove_file(dir.join(super::segment::segment_file_name(next_seq)));
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %error,
+                    "no room for a new spool segment; appending to the last one until there is"
+                );
+            }
+            Err(error) => {
+                return Err(SpoolError::io(
+                    format!("creating segment {next_seq} in {}", dir.display()),
+                    error,
+                ))
+            }
+        }
     }
     // Empty segments other than the active one only get in the way.
     let active_first = kept.last().map(|segment| segment.first_seq);
