@@ -491,7 +491,7 @@ fn a_spool_opens_on_a_disk_with_no_room_for_a_new_segment_and_recovers_once_acke
     };
     let (spool, _) = Spool::open(config(&dir, 4096)).expect("open");
     for n in 1..=90 {
-        spool.append(&exact(n)).expect("append");
+        let _ = spool.append(&exact(n)).expect("append");
     }
     spool.close().expect("close");
     assert!(segment_path(&dir, 61).exists() && !segment_path(&dir, 91).exists());

@@ -202,6 +202,7 @@ impl SocketActor {
     pub(super) fn append(&mut self, record: Record, ctx: &mut Context<Self>) -> bool {
         match self.spool.append(&record) {
             Ok(AppendOutcome::Appended { .. }) => {
+                self.spool_io_failures = 0;
                 self.metrics.events_appended.inc();
                 if record.kind == RecordKind::Event {
                     self.report_dropped_if_over(ctx);
@@ -226,11 +227,8 @@ impl SocketActor {
                     .get_or_create(&Metrics::reason("spool_io"))
                     .inc();
                 self.pause_reading("spool_io_error", ctx);
-                let attempt = self.legs.first().map(|l| l.failures).unwrap_or(0);
-                let delay = self.settings.backoff.delay(attempt);
-                if let Some(leg) = self.legs.first_mut() {
-                    leg.failures += 1;
-                }
+                let delay = self.settings.backoff.delay(self.spool_io_failures);
+                self.spool_io_failures = self.spool_io_failures.saturating_add(1);
                 ctx.run_later(delay, |actor, ctx| actor.resume_reading(ctx));
                 false
             }

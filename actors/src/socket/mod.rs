@@ -267,6 +267,9 @@ pub struct SocketActor {
     last_seen_report: Option<Instant>,
     /// The shard's drop span holds events not yet reported.
     drop_pending: bool,
+    /// Spool writes that failed in a row (disk full, read-only volume): the pause before
+    /// reading again grows with them.
+    spool_io_failures: u32,
     /// A retry of status records the spool refused.
     status_retry: Option<SpawnHandle>,
     /// Test hook (`InjectFault::RefuseStatus`): status appends still to refuse.
@@ -321,6 +324,7 @@ impl SocketActor {
             last_frame_wall: None,
             last_seen_report: None,
             drop_pending: false,
+            spool_io_failures: 0,
             status_retry: None,
             refuse_status: 0,
             backfill,

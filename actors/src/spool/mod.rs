@@ -67,7 +67,6 @@ pub use error::SpoolError;
 pub use record::{Record, RecordKind, SpoolEntry, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
 pub use recovery::{RecoveryCut, RecoveryReport};
 pub use segment::{segment_file_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
-pub use state::DroppedSpan;
 pub use stats::SpoolStats;
 
 use committed::AckWatermark;
@@ -84,9 +83,6 @@ pub enum AppendOutcome {
     Appended {
         /// The record's sequence number.
         seq: u64,
-        /// Set on the first event appended after `drop-newest` discarded events: the span to
-        /// report in one gap record. Returned exactly once per span.
-        after_drop: Option<DroppedSpan>,
     },
     /// The spool is full and the policy is `drop-newest`: the event was discarded and counted.
     Dropped,
@@ -267,13 +263,6 @@ impl Spool {
             shared.full_hint.store(true, Ordering::Relaxed);
             notified.await;
         }
-    }
-
-    /// Takes the current drop span (events discarded by `drop-newest` since the last
-    /// successful event append), e.g. to report it at shutdown. Usually the span arrives in
-    /// [`AppendOutcome::Appended::after_drop`] instead.
-    pub fn take_dropped_span(&self) -> Option<DroppedSpan> {
-        self.shared().lock_state().drop_span.take()
     }
 
     /// Group commit now: fsyncs unsynced appends and the directory, persists the committed

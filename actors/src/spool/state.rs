@@ -1,4 +1,4 @@
-//! The state behind the writer lock: the segments, the next seq, the byte count, drop tracking.
+//! The state behind the writer lock: the segments, the next seq, the byte count, the drop count.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,36 +9,6 @@ use std::sync::Arc;
 use super::error::SpoolError;
 use super::segment::Segment;
 
-/// Receive times of event appends discarded by the `drop-newest` policy, for one gap record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DroppedSpan {
-    /// Events dropped in this span.
-    pub records: u64,
-    /// Earliest receive time among them, epoch ms.
-    pub earliest_received_at_ms: i64,
-    /// Latest receive time among them, epoch ms.
-    pub latest_received_at_ms: i64,
-}
-
-impl DroppedSpan {
-    fn widen(span: Option<DroppedSpan>, received_at_ms: i64) -> DroppedSpan {
-        match span {
-            None => DroppedSpan {
-                records: 1,
-                earliest_received_at_ms: received_at_ms,
-                latest_received_at_ms: received_at_ms,
-            },
-            Some(span) => DroppedSpan {
-                records: span.records + 1,
-                earliest_received_at_ms: span.earliest_received_at_ms.min(received_at_ms),
-                latest_received_at_ms: span.latest_received_at_ms.max(received_at_ms),
-            },
-        }
-    }
-}
-
-/// Where the frame of `seq` starts, remembered after a read so that the producer's next
-/// `read_batch(seq, ..)` starts there without a scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReadCursor {
     pub(crate) seq: u64,
@@ -76,8 +46,6 @@ pub(crate) struct WriterState {
     pub(crate) files_to_sync: Vec<(PathBuf, Arc<File>)>,
     /// A segment was created or deleted since the directory was last fsynced.
     pub(crate) dir_dirty: bool,
-    /// Drops since the last successful event append.
-    pub(crate) drop_span: Option<DroppedSpan>,
     pub(crate) dropped_total: u64,
     pub(crate) full_refusals: u64,
     pub(crate) corrupt_cut_total: u64,
@@ -97,7 +65,6 @@ impl WriterState {
             unsynced_records: 0,
             files_to_sync: Vec::new(),
             dir_dirty: false,
-            drop_span: None,
             dropped_total: 0,
             full_refusals: 0,
             corrupt_cut_total: corrupt_cut,
@@ -118,9 +85,9 @@ impl WriterState {
         self.segments.keys().next_back().copied()
     }
 
-    pub(crate) fn note_drop(&mut self, received_at_ms: i64) {
+    /// `drop-newest` discarded an event (the caller, which knows the shard, records when).
+    pub(crate) fn note_drop(&mut self) {
         self.dropped_total += 1;
-        self.drop_span = Some(DroppedSpan::widen(self.drop_span, received_at_ms));
     }
 
     /// Closes the active segment and starts a new one at `next_seq`. The caller makes sure the

@@ -56,7 +56,6 @@ impl Shared {
         // Encode and checksum the payload before taking the lock.
         let mut unsealed = UnsealedRecord::new(record);
         let frame_bytes = unsealed.len() as u64;
-        let is_event = record.kind == RecordKind::Event;
         let cap = self.cap_for(record.kind);
 
         let mut state = self.lock_state();
@@ -72,7 +71,7 @@ impl Shared {
         if state.bytes_on_disk + record_bytes > cap {
             self.full_hint.store(true, Ordering::Relaxed);
             if record.kind != RecordKind::Gap && self.config.when_full == WhenFull::DropNewest {
-                state.note_drop(record.received_at_ms);
+                state.note_drop();
                 return Ok(AppendOutcome::Dropped);
             }
             state.full_refusals += 1;
@@ -89,11 +88,6 @@ impl Shared {
         state.write_frame(seq, unsealed.seal(seq))?;
         // Stored under the lock: two appenders publishing after unlocking could go backwards.
         self.published_next_seq.store(seq + 1, Ordering::Release);
-        let after_drop = if is_event {
-            state.drop_span.take()
-        } else {
-            None
-        };
         let fsync_due = state.unsynced_records == self.config.fsync_every_records;
         drop(state);
 
@@ -101,6 +95,6 @@ impl Shared {
         if fsync_due {
             self.signal.kick();
         }
-        Ok(AppendOutcome::Appended { seq, after_drop })
+        Ok(AppendOutcome::Appended { seq })
     }
 }
