@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use genesys_sim::{FrameKind, MalformedKind, SimConfig, SimHandle, Simulator, Target};
+use genesys_sim::{FrameKind, MalformedKind, SimHandle, Target};
 use support::*;
 
 const EXTRA: &str = r#"
@@ -23,36 +23,12 @@ dead_after = "2s"
 const DATA_TOPICS: [&str; 2] = ["user-conversations", "queue-conversations"];
 
 fn sim(rate: f64) -> SimHandle {
-    Simulator::start(SimConfig {
-        rate_per_sec: rate,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap()
-}
-
-fn sent_events(sim: &SimHandle) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    sim.ledger()
-        .into_iter()
-        .filter(|e| e.kind == FrameKind::Event)
-        .map(|e| e.frame.to_string())
-        .filter(|frame| seen.insert(frame.clone()))
-        .collect()
+    sim_at(rate)
 }
 
 /// Waits until every event of the ledger is in Kafka; the number of duplicates.
 fn assert_all_delivered(sim: &SimHandle, brokers: &str, within: Duration) -> usize {
-    let sent = sent_events(sim);
-    let mut missing = sent.len();
-    wait_until("every sent event is in Kafka", within, || {
-        let landed = consume_all(brokers, &DATA_TOPICS);
-        let values: std::collections::HashSet<&str> =
-            landed.iter().map(|r| r.value.as_str()).collect();
-        missing = sent.iter().filter(|f| !values.contains(f.as_str())).count();
-        missing == 0
-    });
-    let landed = consume_all(brokers, &DATA_TOPICS);
+    let landed = wait_all_delivered(sim, brokers, within);
     let mut count: HashMap<&str, usize> = HashMap::new();
     for record in &landed {
         *count.entry(&record.value).or_default() += 1;

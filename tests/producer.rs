@@ -6,13 +6,11 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use genesys_sim::{FrameKind, MalformedKind, SimConfig, SimHandle, Simulator, Target};
+use genesys_sim::{MalformedKind, SimHandle, Target};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::*;
-
-const DATA_TOPICS: [&str; 2] = ["user-conversations", "queue-conversations"];
 
 /// One socket per shard: the order frames of a Genesys topic reach the spool is the order the
 /// simulator sent them, so the order in Kafka can be judged against the ledger.
@@ -29,12 +27,7 @@ dead_after = "2s"
 "#;
 
 fn sim(rate: f64) -> SimHandle {
-    Simulator::start(SimConfig {
-        rate_per_sec: rate,
-        heartbeat_interval: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .unwrap()
+    sim_at(rate)
 }
 
 fn with_property(config: &str, property: &str) -> String {
@@ -44,30 +37,6 @@ fn with_property(config: &str, property: &str) -> String {
     );
     assert!(config.contains(property));
     config
-}
-
-/// Every distinct event frame the simulator sent, in the order it sent them.
-fn sent_events(sim: &SimHandle) -> Vec<String> {
-    let mut seen = HashSet::new();
-    sim.ledger()
-        .into_iter()
-        .filter(|e| e.kind == FrameKind::Event)
-        .map(|e| e.frame.to_string())
-        .filter(|frame| seen.insert(frame.clone()))
-        .collect()
-}
-
-fn wait_all_delivered(sim: &SimHandle, brokers: &str, within: Duration) -> Vec<KafkaRecord> {
-    let sent = sent_events(sim);
-    let mut missing = sent.len();
-    let mut landed = Vec::new();
-    wait_until("every sent event is in Kafka", within, || {
-        landed = consume_all(brokers, &DATA_TOPICS);
-        let values: HashSet<&str> = landed.iter().map(|r| r.value.as_str()).collect();
-        missing = sent.iter().filter(|f| !values.contains(f.as_str())).count();
-        missing == 0
-    });
-    landed
 }
 
 /// Alive and not a zombie.

@@ -76,29 +76,26 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
     );
 }
 
-#[test]
-fn new_queues_are_picked_up_by_re_expansion() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        queues: 3,
-        agents: 5,
-        rate_per_sec: 0.0,
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let extra = r#"
+/// Three queues, a queue-topic template re-expanded every 300 ms, the bridge ready.
+fn re_expanding() -> Scenario {
+    Scenario::start(
+        SimConfig {
+            queues: 3,
+            agents: 5,
+            rate_per_sec: 0.0,
+            ..SimConfig::default()
+        },
+        1,
+        r#"
 [topics]
 refresh_interval = "300ms"
 templates = [{ template = "v2.routing.queues.{id}.conversations" }]
-"#;
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), extra),
-        &[],
-    );
-    bridge.wait_ready(Duration::from_secs(30));
+"#,
+    )
+}
+
+/// Adds a queue to the directory and waits until a live channel is subscribed to it.
+fn add_queue_and_wait_for_its_subscription(sim: &genesys_sim::SimHandle) {
     let added = sim.add_queue("Brand new queue");
     let topic = format!("v2.routing.queues.{added}.conversations");
     wait_until(
@@ -110,6 +107,13 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
                 .any(|c| c.alive && c.connected && c.topics.contains(&topic))
         },
     );
+}
+
+#[test]
+fn new_queues_are_picked_up_by_re_expansion() {
+    let scenario = re_expanding();
+    let (bridge, sim) = (&scenario.bridge, &scenario.sim);
+    add_queue_and_wait_for_its_subscription(sim);
     bridge.wait_ready(Duration::from_secs(30));
     let live = sim
         .channels()
@@ -125,44 +129,15 @@ templates = [{ template = "v2.routing.queues.{id}.conversations" }]
 /// still arrives on a later watch tick.
 #[test]
 fn a_topic_update_refused_by_a_full_mailbox_is_sent_again() {
-    let kafka = Tansu::start();
-    kafka.create_topics(&TEST_TOPICS, 1);
-    let sim = Simulator::start(SimConfig {
-        queues: 3,
-        agents: 5,
-        rate_per_sec: 0.0,
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let extra = r#"
-[topics]
-refresh_interval = "300ms"
-templates = [{ template = "v2.routing.queues.{id}.conversations" }]
-"#;
-    let bridge = Bridge::start(
-        dir.path(),
-        &test_config(&sim.base_url(), &kafka.brokers(), extra),
-        &[],
-    );
-    bridge.wait_ready(Duration::from_secs(30));
+    let scenario = re_expanding();
+    let (bridge, sim) = (&scenario.bridge, &scenario.sim);
     assert_eq!(
         bridge.post("/debug/refuse-topic-updates/socket-0?count=3"),
         Some(202)
     );
     let rejected_before =
         bridge.metric("genesys_bridge_mailbox_rejections_total{actor=\"socket\"}");
-    let added = sim.add_queue("Brand new queue");
-    let topic = format!("v2.routing.queues.{added}.conversations");
-    wait_until(
-        "a live channel subscribed to the new queue",
-        Duration::from_secs(30),
-        || {
-            sim.channels()
-                .iter()
-                .any(|c| c.alive && c.connected && c.topics.contains(&topic))
-        },
-    );
+    add_queue_and_wait_for_its_subscription(sim);
     let rejected = bridge.metric("genesys_bridge_mailbox_rejections_total{actor=\"socket\"}")
         - rejected_before;
     assert_eq!(
@@ -255,14 +230,16 @@ refresh_interval = "300ms"
         rate_per_sec: 2.0,
         ..SimConfig::default()
     };
-    let Scenario { bridge, sim, .. } = Scenario::start(sim, 1, extra);
-    wait_legs_streaming(&bridge, 2, 2, Duration::from_secs(60));
+    // Bound whole: `..` would drop the broker and the directory at once.
+    let scenario = Scenario::start(sim, 1, extra);
+    let (bridge, sim) = (&scenario.bridge, &scenario.sim);
+    wait_legs_streaming(bridge, 2, 2, Duration::from_secs(60));
     assert_eq!(bridge.metric("genesys_bridge_channels_held"), 4.0);
     // Topics are placed in order: the last queue topic is the trailing shard's only one.
     let gone = sim.queue_ids().into_iter().max().unwrap();
     assert!(sim.delist_queue(&gone));
     let gone_topic = format!("v2.routing.queues.{gone}.conversations");
-    wait_legs_streaming(&bridge, 1, 2, Duration::from_secs(60));
+    wait_legs_streaming(bridge, 1, 2, Duration::from_secs(60));
     wait_until(
         "two sockets left, on the five remaining topics",
         Duration::from_secs(30),

@@ -506,3 +506,41 @@ pub fn wait_for_traffic(
         || sim.published_count(|e| e.seq >= start && topics.contains(&e.topic)) >= events,
     );
 }
+
+/// A simulator at `rate` conversations per second with a heartbeat every second.
+pub fn sim_at(rate: f64) -> genesys_sim::SimHandle {
+    genesys_sim::Simulator::start(genesys_sim::SimConfig {
+        rate_per_sec: rate,
+        heartbeat_interval: Duration::from_secs(1),
+        ..genesys_sim::SimConfig::default()
+    })
+    .unwrap()
+}
+
+/// Every distinct event frame the simulator sent, in the order it sent them.
+pub fn sent_events(sim: &genesys_sim::SimHandle) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    sim.ledger()
+        .into_iter()
+        .filter(|e| e.kind == genesys_sim::FrameKind::Event)
+        .map(|e| e.frame.to_string())
+        .filter(|frame| seen.insert(frame.clone()))
+        .collect()
+}
+
+/// Waits until every event the simulator sent is in the conversation topics; what they hold.
+pub fn wait_all_delivered(
+    sim: &genesys_sim::SimHandle,
+    brokers: &str,
+    within: Duration,
+) -> Vec<KafkaRecord> {
+    let sent = sent_events(sim);
+    let mut landed = Vec::new();
+    wait_until("every sent event is in Kafka", within, || {
+        landed = consume_all(brokers, &CONVERSATION_KAFKA_TOPICS);
+        let values: std::collections::HashSet<&str> =
+            landed.iter().map(|r| r.value.as_str()).collect();
+        sent.iter().all(|f| values.contains(f.as_str()))
+    });
+    landed
+}
