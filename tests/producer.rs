@@ -153,67 +153,6 @@ fn per_key_order_holds_across_an_outage_with_message_timeout_set() {
     );
 }
 
-/// #14 defect 2, the bound: a record that fails while Kafka takes the others (here every
-/// record of a partition that lost its leader, with `message.timeout.ms` set) was produced
-/// again for ever and held the committed position, so the spool filled behind it. Now it is
-/// dead-lettered after `max_delivery_attempts` and the committed position moves on.
-#[test]
-fn records_kafka_never_takes_while_it_takes_others_are_dead_lettered_after_the_bound() {
-    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
-    for topic in TEST_TOPICS {
-        mock.create_topic(topic, 3, 1).unwrap();
-    }
-    let brokers = mock.bootstrap_servers();
-    let sim = sim(4.0);
-    let dir = tempfile::tempdir().unwrap();
-    let config = with_property(
-        &test_config(&sim.base_url(), &brokers, EXTRA),
-        "\"message.timeout.ms\" = \"1000\"",
-    )
-    .replace(
-        "status_topic = \"status\"\n",
-        "status_topic = \"status\"\nmax_delivery_attempts = 3\nretry_backoff = { min = \"100ms\", max = \"500ms\", jitter = 0.0 }\n",
-    );
-    let bridge = Bridge::start(dir.path(), &config, &[]);
-    bridge.wait_ready(Duration::from_secs(30));
-    wait_until("streaming into Kafka", Duration::from_secs(30), || {
-        bridge.metric("genesys_bridge_events_produced_total") > 20.0
-    });
-    mock.partition_leader("user-conversations", 0, None)
-        .unwrap();
-    let sick_at = Instant::now();
-    let given_up = |records: &[KafkaRecord]| {
-        records
-            .iter()
-            .filter(|r| {
-                r.header("dead-letter-reason")
-                    .is_some_and(|reason| reason.contains("delivery failed 3 times"))
-            })
-            .count()
-    };
-    wait_until(
-        "records of the sick partition are dead-lettered",
-        Duration::from_secs(60),
-        || given_up(&consume_all(&brokers, &["deadletter"])) >= 10,
-    );
-    wait_until(
-        "40 s with a sick partition",
-        Duration::from_secs(60),
-        || sick_at.elapsed() >= Duration::from_secs(40),
-    );
-    let unacked = bridge.status()["spool"]["records"].as_u64().unwrap();
-    let produced = bridge.metric("genesys_bridge_events_produced_total");
-    let dead = given_up(&consume_all(&brokers, &["deadletter"]));
-    eprintln!(
-        "a leader-less partition for 40 s: {dead} records dead-lettered after 3 attempts, {unacked} unacknowledged in the spool, {produced} produced"
-    );
-    assert!(
-        unacked < 800,
-        "the committed position moves past what was given up ({unacked} unacknowledged)"
-    );
-    assert!(bridge.get("/readyz").is_some_and(|(code, _)| code == 200));
-}
-
 /// #14 defect 4: a dead-letter file that cannot be written acknowledged (lost) the record.
 /// Now the record stays in the spool, also across a SIGKILL, and lands in the file once the
 /// path works.
