@@ -62,7 +62,7 @@ fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
     report("one leg dropped every 5 s", &reconciled);
     assert!(reconciled.expected > 100, "traffic flowed");
     assert!(reconciled.missing.is_empty(), "events lost");
-    assert_eq!(reconciled.duplicated, 0, "events duplicated");
+    assert_duplicates_only_late(&s.bridge, &reconciled);
     assert!(gap_records(&s.kafka).is_empty(), "one leg down is no gap");
     assert!(
         s.bridge
@@ -115,7 +115,7 @@ fn one_leg_silent_for_good_is_replaced_within_ping_and_pong_timeout_and_loses_no
     let reconciled = reconcile(&s.sim, &s.kafka, from, &topics);
     report("one leg silent", &reconciled);
     assert!(reconciled.missing.is_empty(), "events lost");
-    assert_eq!(reconciled.duplicated, 0, "events duplicated");
+    assert_duplicates_only_late(&s.bridge, &reconciled);
     assert!(gap_records(&s.kafka).is_empty(), "one leg down is no gap");
 }
 
@@ -168,7 +168,7 @@ fn both_legs_dropped_at_once_leave_one_gap_holding_exactly_the_missing_events() 
         .filter(|e| e.published_at_ms > start + slack && e.published_at_ms < end - slack)
         .count();
     assert_eq!(missing_inside, inside);
-    assert_eq!(reconciled.duplicated, 0, "events duplicated");
+    assert_duplicates_only_late(&s.bridge, &reconciled);
 }
 
 /// How long the budget soaks run (the issue asks for 6 minutes; `LEGS_SOAK_SECS` shortens it).
@@ -284,7 +284,7 @@ fn ten_shards_on_two_legs_through_token_and_channel_expiry_never_evict_a_live_ch
     assert!(most_held <= 20, "{most_held} channels held");
     assert!(bridge.metric("genesys_bridge_rollovers_total{reason=\"token_refresh\"}") >= 20.0);
     assert!(reconciled.missing.is_empty(), "events lost");
-    assert_eq!(reconciled.duplicated, 0, "events duplicated");
+    assert_duplicates_only_late(&bridge, &reconciled);
     assert!(gap_records(&kafka).is_empty(), "no gap");
 }
 
@@ -334,7 +334,7 @@ fn nineteen_shards_on_one_leg_roll_over_through_the_one_free_slot() {
     assert!(bridge.metric("genesys_bridge_rollovers_total{reason=\"token_refresh\"}") >= 19.0);
     assert!(gap_records(&kafka).is_empty(), "no gap");
     assert!(reconciled.missing.is_empty(), "events lost");
-    assert_eq!(reconciled.duplicated, 0, "events duplicated");
+    assert_duplicates_only_late(&bridge, &reconciled);
 }
 
 #[test]

@@ -466,14 +466,15 @@ impl Pump {
                 let Some(entry) = self.read_one(pending.seq)? else {
                     return Ok(());
                 };
-                self.dead_letter(
+                let sent = self.dead_letter(
                     state,
                     &entry,
                     &pending.routed_topic,
                     &error.to_string(),
                     is_too_large(&error),
-                )
-                .map(|_| ())
+                )?;
+                self.again_if_busy(state, sent, &pending);
+                Ok(())
             }
             (Consequence::Retry, _) => {
                 // It counts against the bound only if Kafka took other records meanwhile.
@@ -507,11 +508,26 @@ impl Pump {
                         let reason = format!(
                             "delivery failed {attempts} times while Kafka took other records: {error}"
                         );
-                        self.dead_letter(state, &entry, &pending.routed_topic, &reason, false)
-                            .map(|_| ())
+                        let sent =
+                            self.dead_letter(state, &entry, &pending.routed_topic, &reason, false)?;
+                        self.again_if_busy(state, sent, &pending);
+                        Ok(())
                     }
                 }
             }
+        }
+    }
+
+    /// A dead letter librdkafka's full queue did not take: the record goes through the retry
+    /// book again (with its attempts, so a record given up on is given up on at once).
+    fn again_if_busy(&self, state: &mut State, sent: Sent, pending: &Pending) {
+        if sent == Sent::Busy {
+            let due = Due {
+                seq: pending.seq,
+                attempts: pending.attempts,
+                order_key: None,
+            };
+            state.book.put_back(due, Instant::now());
         }
     }
 

@@ -159,10 +159,8 @@ impl SocketActor {
         let payload = serde_json::to_vec(body).unwrap_or_default();
         let record = Record::gap(self.shard, Utc::now().timestamp_millis(), payload);
         match self.spool.append(&record) {
-            Ok(_) => {
-                self.metrics.events_appended.inc();
-                true
-            }
+            // Not an event: `events_spooled` counts what Genesys sent, nothing of the bridge's.
+            Ok(_) => true,
             Err(error) => {
                 tracing::warn!(shard = self.shard, error = %error, "status record waits for room in the spool");
                 false
