@@ -28,6 +28,8 @@ const MAX_BATCH_RECORDS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How often the loop looks around when nothing wakes it.
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// The shortest wait for a due retry.
+const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// Whether librdkafka took a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,10 +281,12 @@ impl Pump {
             }
         };
         let now = Instant::now();
+        // A group already due may wait for its key's records in flight (their deliveries wake
+        // the loop): never a zero sleep, which would spin.
         let tick = [state.book.next_due(), state.file_due]
             .into_iter()
             .flatten()
-            .map(|due| due.saturating_duration_since(now))
+            .map(|due| due.saturating_duration_since(now).max(MIN_TICK))
             .fold(IDLE_TICK, Duration::min);
         tokio::select! {
             failed = failures.recv() => {
