@@ -381,6 +381,7 @@ fn recover_segment(
     let seq_limit = next_first_seq.unwrap_or(u64::MAX);
     let scan = scan_frames(&file, first_seq, seq_limit, file_len)
         .map_err(|error| io_error("scanning", error))?;
+    let mut salvaged = None;
     if let Some(damage) = scan.damage {
         let resync = if scan.valid_len < file_len {
             super::salvage::find_resync(&file, scan.valid_len, file_len, scan.next_seq, seq_limit)
@@ -408,40 +409,30 @@ fn recover_segment(
                     copy.path.display()
                 ),
             });
-            return Ok(RecoveredSegment {
-                segment: Some(Segment {
-                    first_seq,
-                    path: path.to_path_buf(),
-                    file: Arc::new(file),
-                    len: scan.valid_len,
-                    next_seq: scan.next_seq,
-                    index: scan.index,
-                    tail_dirty: false,
-                }),
-                salvaged: Some((copy.first_seq, copy.path.clone())),
+            salvaged = Some((copy.first_seq, copy.path.clone()));
+        } else {
+            let bytes_cut = file_len - scan.valid_len;
+            let records_lost = match next_first_seq {
+                Some(next_first) => next_first - scan.next_seq,
+                None => {
+                    let (framed, max_seq) = count_frames_from(&file, scan.valid_len, file_len)
+                        .map_err(|error| io_error("reading", error))?;
+                    findings.seq_floor = findings.seq_floor.max(max_seq.map_or(0, |seq| seq + 1));
+                    framed.max(1)
+                }
+            };
+            file.set_len(scan.valid_len)
+                .map_err(|error| io_error("truncating", error))?;
+            file.sync_all()
+                .map_err(|error| io_error("fsync of", error))?;
+            findings.cut(RecoveryCut {
+                file: path.to_path_buf(),
+                offset: scan.valid_len,
+                bytes_cut,
+                records_lost,
+                reason: damage,
             });
         }
-        let bytes_cut = file_len - scan.valid_len;
-        let records_lost = match next_first_seq {
-            Some(next_first) => next_first - scan.next_seq,
-            None => {
-                let (framed, max_seq) = count_frames_from(&file, scan.valid_len, file_len)
-                    .map_err(|error| io_error("reading", error))?;
-                findings.seq_floor = findings.seq_floor.max(max_seq.map_or(0, |seq| seq + 1));
-                framed.max(1)
-            }
-        };
-        file.set_len(scan.valid_len)
-            .map_err(|error| io_error("truncating", error))?;
-        file.sync_all()
-            .map_err(|error| io_error("fsync of", error))?;
-        findings.cut(RecoveryCut {
-            file: path.to_path_buf(),
-            offset: scan.valid_len,
-            bytes_cut,
-            records_lost,
-            reason: damage,
-        });
     }
     Ok(RecoveredSegment {
         segment: Some(Segment {
@@ -453,7 +444,7 @@ fn recover_segment(
             index: scan.index,
             tail_dirty: false,
         }),
-        salvaged: None,
+        salvaged,
     })
 }
 
