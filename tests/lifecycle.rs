@@ -148,17 +148,7 @@ fn planned_closes_and_expiries_lose_nothing_and_duplicate_nothing() {
     // silencing the sockets instead raced the bridge replacing them, whose new sockets took
     // events after the wait below had passed (seen once in CI: 29 "missing" from the last
     // half second).
-    sim.set_rate(0.0);
-    let mut last = usize::MAX;
-    let mut quiet_since = std::time::Instant::now();
-    wait_until("the model is quiet", Duration::from_secs(60), || {
-        let now = sim.published_count(|_| true);
-        if now != last {
-            last = now;
-            quiet_since = std::time::Instant::now();
-        }
-        quiet_since.elapsed() > Duration::from_secs(3)
-    });
+    stop_traffic(&sim);
     let topics = ["user-conversations", "queue-conversations"];
     let unique_sent = || {
         sim.ledger()

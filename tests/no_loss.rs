@@ -109,13 +109,7 @@ fn a_sigkilled_bridge_delivers_everything_it_read_after_a_restart() {
     );
     // Nothing more in flight on the socket: everything sent has been read once the bridge's
     // spooled count covers the ledger.
-    sim.faults().silence(Target::All, None);
-    let sent = sim.ledger_count(|e| e.kind == FrameKind::Event) as f64;
-    wait_until(
-        "the bridge read every sent event",
-        Duration::from_secs(30),
-        || bridge.metric("genesys_bridge_events_spooled_total") >= sent,
-    );
+    stop_traffic_and_wait_spooled(&sim, &bridge);
     bridge.signal("KILL");
     bridge.wait_exit(Duration::from_secs(10));
     signal(kafka.pid(), "CONT");
@@ -150,13 +144,7 @@ fn a_corrupt_spool_tail_is_cut_and_reported_and_the_records_before_it_delivered(
     wait_until("events in the spool", Duration::from_secs(60), || {
         bridge.status()["spool"]["records"].as_u64().unwrap_or(0) > 100
     });
-    sim.faults().silence(Target::All, None);
-    let sent = sim.ledger_count(|e| e.kind == FrameKind::Event) as f64;
-    wait_until(
-        "the bridge read every sent event",
-        Duration::from_secs(30),
-        || bridge.metric("genesys_bridge_events_spooled_total") >= sent,
-    );
+    stop_traffic_and_wait_spooled(&sim, &bridge);
     bridge.signal("KILL");
     bridge.wait_exit(Duration::from_secs(10));
     // A crash mid-write: half a record of garbage at the end of the newest segment.

@@ -150,11 +150,7 @@ fn sigterm_during_a_kafka_stall_exits_within_the_deadline_and_loses_nothing() {
     wait_until("events pile up", Duration::from_secs(60), || {
         sim.ledger_count(|e| e.kind == FrameKind::Event) > before + 50
     });
-    sim.faults().silence(Target::All, None);
-    let sent = sim.ledger_count(|e| e.kind == FrameKind::Event) as f64;
-    wait_until("every sent event read", Duration::from_secs(30), || {
-        bridge.metric("genesys_bridge_events_spooled_total") >= sent
-    });
+    stop_traffic_and_wait_spooled(&sim, &bridge);
     let asked = Instant::now();
     bridge.signal("TERM");
     let exit = bridge.wait_exit(Duration::from_secs(30));

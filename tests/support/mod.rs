@@ -528,6 +528,35 @@ pub fn sent_events(sim: &genesys_sim::SimHandle) -> Vec<String> {
         .collect()
 }
 
+/// Stops the simulator's traffic (no new conversations; the running ones end) and waits until it
+/// has published nothing for 3 s. Silencing the sockets instead races the bridge: once
+/// `dead_after` passes it replaces them with new channels, which take new events.
+pub fn stop_traffic(sim: &genesys_sim::SimHandle) {
+    sim.set_rate(0.0);
+    let mut last = usize::MAX;
+    let mut quiet_since = Instant::now();
+    wait_until("the model is quiet", Duration::from_secs(60), || {
+        let now = sim.published_count(|_| true);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        quiet_since.elapsed() > Duration::from_secs(3)
+    });
+}
+
+/// Stops the traffic and waits until the bridge has spooled every distinct event the simulator
+/// sent (each leg's channel gets its own copy: the ledger counts each event once per leg).
+pub fn stop_traffic_and_wait_spooled(sim: &genesys_sim::SimHandle, bridge: &Bridge) {
+    stop_traffic(sim);
+    let sent = sent_events(sim).len() as f64;
+    wait_until(
+        "the bridge spooled every sent event",
+        Duration::from_secs(30),
+        || bridge.metric("genesys_bridge_events_spooled_total") >= sent,
+    );
+}
+
 /// Waits until every event the simulator sent is in the conversation topics; what they hold.
 pub fn wait_all_delivered(
     sim: &genesys_sim::SimHandle,
