@@ -398,6 +398,97 @@ fn livez_stays_up_while_librdkafkas_queue_is_full_in_an_outage() {
     eprintln!("librdkafka queue of 20 through a 20 s stall: 0 lost, {duplicates} duplicates");
 }
 
+/// Stops the traffic, waits until the spool is drained and no gap is open (heartbeats close
+/// the last one, whose record then goes in), and checks that every event the simulator sent
+/// is in Kafka or was sent inside a gap record (±0.5 s). The number of events not in Kafka.
+fn assert_every_missing_event_inside_a_gap(
+    bridge: &Bridge,
+    sim: &SimHandle,
+    kafka: &Tansu,
+    what: &str,
+) -> usize {
+    stop_traffic(sim);
+    wait_until(
+        "the spool is drained and no gap is open",
+        Duration::from_secs(120),
+        || {
+            let status = bridge.status();
+            status["spool"]["records"].as_u64() == Some(0)
+                && status["shards"]
+                    .as_array()
+                    .is_some_and(|shards| shards.iter().all(|s| s["gap_open_since"].is_null()))
+        },
+    );
+    let landed: std::collections::HashSet<String> = consume_all(&kafka.brokers(), &DATA_TOPICS)
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    let gaps = gap_records(kafka);
+    let missing: Vec<i64> = sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.kind == FrameKind::Event && !landed.contains(&*e.frame))
+        .map(|e| e.sent_at.timestamp_millis())
+        .collect();
+    let uncovered: Vec<i64> = missing
+        .iter()
+        .copied()
+        .filter(|at| {
+            !gaps
+                .iter()
+                .any(|(_, start, end, _)| start - 500 <= *at && *at <= end + 500)
+        })
+        .collect();
+    eprintln!(
+        "{what}: {} events sent were not delivered, {} of them outside the {} gap records",
+        missing.len(),
+        uncovered.len(),
+        gaps.len()
+    );
+    assert!(
+        uncovered.is_empty(),
+        "{} events neither in Kafka nor inside a gap record (±0.5 s), sent at {:?}…; gaps: {gaps:?}",
+        uncovered.len(),
+        &uncovered[..uncovered.len().min(5)]
+    );
+    missing.len()
+}
+
+/// #13: frames still on the wire when the bridge stops reading were sent before the last frame
+/// it read arrived. The bridge treated a socket it closed itself as one that "delivered
+/// everything sent before the close", so a pause (here: the spool fills while the bridge reads
+/// a backlog that piled up during a 1.2 s stall) left those frames outside every gap record.
+/// Now a socket the bridge stops reading covers only up to its last answered ping.
+#[test]
+fn frames_on_the_wire_when_the_bridge_stops_reading_lie_inside_the_gap() {
+    let (bridge, sim, kafka, _dir) = full_disk_run("block");
+    wait_until("streaming into Kafka", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > 20.0
+    });
+    // Nothing is acknowledged from now on, so the spool fills.
+    signal(kafka.pid(), "STOP");
+    // The bridge stalls; what Genesys sends meanwhile waits on the wire.
+    let before = sim.ledger_count(|e| e.kind == FrameKind::Event);
+    bridge.signal("STOP");
+    sim.faults().burst(Target::All, 300, None);
+    wait_until("the burst is on the wire", Duration::from_secs(10), || {
+        sim.ledger_count(|e| e.kind == FrameKind::Event) >= before + 600
+    });
+    // The stall itself, the scenario (kept under dead_after = 2 s).
+    std::thread::sleep(Duration::from_millis(1200));
+    bridge.signal("CONT");
+    wait_until(
+        "the backlog filled the spool",
+        Duration::from_secs(30),
+        || bridge.status()["shards"][0]["phase"] == "paused",
+    );
+    signal(kafka.pid(), "CONT");
+    bridge.wait_ready(Duration::from_secs(60));
+    let missing =
+        assert_every_missing_event_inside_a_gap(&bridge, &sim, &kafka, "stall, then a full spool");
+    assert!(missing > 0, "the spool filled in the middle of the backlog");
+}
+
 /// A tmpfs of `bytes` mounted at `path` (root only: `None` elsewhere), unmounted on drop.
 struct Tmpfs(std::path::PathBuf);
 
@@ -473,50 +564,6 @@ fn a_filled_disk_recovers_once_kafka_acknowledges_also_across_a_restart() {
         || bridge.metric("genesys_bridge_events_spooled_total") > spooled + 50.0,
     );
     bridge.wait_ready(Duration::from_secs(60));
-    // Traffic stops; heartbeats go on and close any gap still open, whose record then goes in.
-    sim.set_rate(0.0);
-    wait_until(
-        "the spool is drained and no gap is open",
-        Duration::from_secs(120),
-        || {
-            let status = bridge.status();
-            status["spool"]["records"].as_u64() == Some(0)
-                && status["shards"]
-                    .as_array()
-                    .is_some_and(|shards| shards.iter().all(|s| s["gap_open_since"].is_null()))
-        },
-    );
-    // Every event sent is in Kafka, or was sent while a gap record says the shard could not
-    // take it (the full disk paused the sockets; the crash and restart followed).
-    let landed: std::collections::HashSet<String> = consume_all(&kafka.brokers(), &DATA_TOPICS)
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
-    let gaps = gap_records(&kafka);
-    let missing: Vec<i64> = sim
-        .ledger()
-        .into_iter()
-        .filter(|e| e.kind == FrameKind::Event && !landed.contains(&*e.frame))
-        .map(|e| e.sent_at.timestamp_millis())
-        .collect();
-    let uncovered: Vec<i64> = missing
-        .iter()
-        .copied()
-        .filter(|at| {
-            !gaps
-                .iter()
-                .any(|(_, start, end, _)| start - 500 <= *at && *at <= end + 500)
-        })
-        .collect();
-    eprintln!(
-        "full disk: {} events sent while the sockets were paused, {} of them outside the {} gap records",
-        missing.len(),
-        uncovered.len(),
-        gaps.len()
-    );
-    // Known open defect (#13): on a full *disk* (not the spool's own cap) some of them lie
-    // outside every gap record (114 of 2,827 in one run, sent within a second after the
-    // restart gap closed). Counted and printed here, not asserted, until that is fixed.
-    assert!(!missing.is_empty(), "the burst did fill the disk");
-    assert!(!missing.is_empty(), "the burst did fill the disk");
+    let missing = assert_every_missing_event_inside_a_gap(&bridge, &sim, &kafka, "full disk");
+    assert!(missing > 0, "the burst did fill the disk");
 }

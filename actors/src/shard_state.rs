@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::disk_reserve::DiskReserve;
 use crate::socket::coverage::OpenGap;
 use crate::spool::Record;
 
@@ -100,6 +101,8 @@ struct Inner {
     cells: Mutex<BTreeMap<u32, Arc<ShardCell>>>,
     /// Serialises saves; the bytes last written.
     saved: Mutex<Vec<u8>>,
+    /// Room for a save when the disk is full (the spool directory's reserve).
+    reserve: Option<Arc<DiskReserve>>,
 }
 
 /// Every shard's state and the file that keeps it. Cheap to clone.
@@ -114,7 +117,10 @@ impl ShardStates {
     /// Loads `shard-state.json` from `dir` (or the `last-frames.json` of older versions). An
     /// unreadable file is logged and starts empty: a missing restart gap is reported in the
     /// log, never a crash.
-    pub fn open(dir: &Path) -> Self {
+    ///
+    /// `reserve`: the disk reserve of that directory, released for a save that finds the disk
+    /// full.
+    pub fn open(dir: &Path, reserve: Option<Arc<DiskReserve>>) -> Self {
         let path = dir.join(FILE_NAME);
         let records: BTreeMap<u32, ShardRecord> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
@@ -132,6 +138,7 @@ impl ShardStates {
                 path,
                 cells: Mutex::new(cells),
                 saved: Mutex::new(Vec::new()),
+                reserve,
             }),
         }
     }
@@ -193,17 +200,20 @@ impl ShardStates {
             return Ok(());
         }
         let temp = self.inner.path.with_extension("json.tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
+        let write = || -> std::io::Result<()> {
+            let mut file = crate::private_fs::options()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o600)
                 .open(&temp)?;
             file.write_all(&bytes)?;
+            drop(file);
+            std::fs::rename(&temp, &self.inner.path)
+        };
+        match &self.inner.reserve {
+            Some(reserve) => reserve.with_room(write)?,
+            None => write()?,
         }
-        std::fs::rename(&temp, &self.inner.path)?;
         *saved = bytes;
         Ok(())
     }
@@ -223,7 +233,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_shards_that_saw_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let states = ShardStates::open(dir.path());
+        let states = ShardStates::open(dir.path(), None);
         states.cell(0).note_frame(100);
         states.cell(3).lock().open_gap = Some(OpenGap {
             since_ms: 50,
@@ -231,10 +241,10 @@ mod tests {
         });
         states.save().unwrap();
         // The next run: shard 0 gets nothing, shard 3 gets a frame.
-        let again = ShardStates::open(dir.path());
+        let again = ShardStates::open(dir.path(), None);
         again.cell(3).note_frame(900);
         again.save().unwrap();
-        let third = ShardStates::open(dir.path());
+        let third = ShardStates::open(dir.path(), None);
         assert_eq!(third.cell(0).last_frame_ms(), Some(100));
         assert_eq!(third.cell(3).last_frame_ms(), Some(900));
         assert_eq!(third.cell(3).snapshot().open_gap.unwrap().since_ms, 50);
@@ -249,7 +259,7 @@ mod tests {
     #[test]
     fn a_shard_never_seen_has_no_last_frame() {
         let dir = tempfile::tempdir().unwrap();
-        let states = ShardStates::open(dir.path());
+        let states = ShardStates::open(dir.path(), None);
         assert_eq!(states.cell(7).last_frame_ms(), None);
         assert_eq!(states.cell(7).snapshot(), ShardRecord::default());
     }
@@ -262,9 +272,9 @@ mod tests {
             br#"{"2":"2026-01-01T00:00:00Z"}"#,
         )
         .unwrap();
-        let states = ShardStates::open(dir.path());
+        let states = ShardStates::open(dir.path(), None);
         assert_eq!(states.cell(2).last_frame_ms(), Some(1_767_225_600_000));
         std::fs::write(dir.path().join(FILE_NAME), b"garbage").unwrap();
-        assert!(ShardStates::open(dir.path()).shards().is_empty());
+        assert!(ShardStates::open(dir.path(), None).shards().is_empty());
     }
 }

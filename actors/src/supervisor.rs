@@ -197,7 +197,7 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         backfill_queue: Option<BackfillQueue>,
     ) -> Self {
-        let states = ShardStates::open(spool.dir());
+        let states = ShardStates::open(spool.dir(), Some(spool.disk_reserve()));
         let budget = ChannelBudget::new(settings.topics.channel_budget);
         Self {
             settings,

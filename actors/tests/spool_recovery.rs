@@ -464,25 +464,11 @@ fn corruption_found_while_reading_loses_only_the_damaged_record() {
 #[test]
 fn a_spool_opens_on_a_disk_with_no_room_for_a_new_segment_and_recovers_once_acked() {
     let _shared = no_spawn_in_flight();
-    let outer = tempfile::tempdir().expect("tempdir");
-    let dir = outer.path().join("tmpfs");
-    std::fs::create_dir(&dir).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
-        .arg(&dir)
-        .status()
-        .is_ok_and(|status| status.success());
-    if !mounted {
+    let Some(tmpfs) = Tmpfs::mount("128k") else {
         eprintln!("SKIPPED: mounting a tmpfs needs root");
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&dir);
+    };
+    let dir = tmpfs.dir.clone();
     // 107-byte payloads make 136-byte frames: 30 fill a 4 KiB segment exactly.
     let exact = |n: u64| {
         let mut payload = format!("{{\"n\":{n:08}}}").into_bytes();
@@ -519,6 +505,92 @@ fn a_spool_opens_on_a_disk_with_no_room_for_a_new_segment_and_recovers_once_acke
     spool.close().expect("close");
     let (spool, _) = Spool::open(config(&dir, 4096)).expect("reopen");
     assert_eq!(seqs(&read_all(&spool, 61)), (61..=91).collect::<Vec<u64>>());
+}
+
+/// A tmpfs of `size` (as `mount -o size=` takes it) in a temporary directory, unmounted on drop;
+/// `None` where mounting is not allowed (not root).
+struct Tmpfs {
+    dir: PathBuf,
+    _outer: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let dir = outer.path().join("tmpfs");
+        std::fs::create_dir(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(Tmpfs { dir, _outer: outer })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// #13: on a full *disk* (not the spool's cap) a gap record and the shard state could not be
+/// written either (ENOSPC), so what the bridge knew about the outage waited in memory only.
+/// Now the disk reserve is released for them; events are refused meanwhile (so they cannot take
+/// the room), and accepted again once acknowledged segments are deleted.
+#[test]
+fn on_a_full_disk_gap_records_and_the_shard_state_are_written_into_the_disk_reserve() {
+    let _shared = no_spawn_in_flight();
+    let Some(tmpfs) = Tmpfs::mount("2m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let dir = tmpfs.dir.clone();
+    let (spool, _) = Spool::open(config(&dir, 64 * 1024)).expect("open");
+    assert!(dir.join("reserve").exists(), "the reserve is allocated");
+    let mut seq = 0;
+    let error = loop {
+        seq += 1;
+        match spool.append(&fixed_event(seq)) {
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(&error, SpoolError::Io { source, .. } if source.raw_os_error() == Some(28)),
+        "the disk filled: {error}"
+    );
+    let appended = seq - 1;
+    // More than the last page the event could not fill: without the reserve they fail.
+    for n in 0..8 {
+        let mut payload = format!("{{\"type\":\"gap\",\"n\":{n}}}").into_bytes();
+        payload.resize(1024, b' ');
+        let written = spool
+            .append(&Record::gap(1, n, payload))
+            .expect("a gap record on the full disk");
+        assert!(matches!(written, AppendOutcome::Appended { .. }));
+    }
+    assert!(matches!(
+        spool.append(&fixed_event(seq)),
+        Err(SpoolError::DiskReserveInUse)
+    ));
+    let states = genesys_actors::shard_state::ShardStates::open(&dir, Some(spool.disk_reserve()));
+    states.cell(1).note_frame(42);
+    states.save().expect("the shard state on the full disk");
+    // Kafka acknowledges everything: the segments go, the reserve is allocated again, events
+    // are accepted.
+    for acked in 1..=appended + 8 {
+        spool.ack(acked).expect("ack");
+    }
+    spool.sync().expect("sync");
+    assert_eq!(
+        std::fs::metadata(dir.join("reserve")).unwrap().len(),
+        genesys_actors::disk_reserve::DISK_RESERVE_BYTES
+    );
+    assert!(matches!(
+        spool.append(&fixed_event(seq)),
+        Ok(AppendOutcome::Appended { .. })
+    ));
 }
 
 // --- Crashes and failing writes, in child processes --------------------------------------------

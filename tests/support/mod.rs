@@ -393,17 +393,7 @@ pub fn finish_traffic(
     topics: &std::collections::HashSet<String>,
     timeout: Duration,
 ) {
-    sim.set_rate(0.0);
-    let mut last = usize::MAX;
-    let mut quiet_since = Instant::now();
-    wait_until("the model is quiet", timeout, || {
-        let now = sim.published_count(|_| true);
-        if now != last {
-            last = now;
-            quiet_since = Instant::now();
-        }
-        quiet_since.elapsed() > Duration::from_secs(3)
-    });
+    stop_traffic(sim);
     let expected = sim.published_count(|e| e.seq >= from_seq && topics.contains(&e.topic));
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -465,7 +455,8 @@ pub fn wait_legs_streaming(bridge: &Bridge, shards: usize, legs: usize, timeout:
 }
 
 /// `[topics]` and `[socket]` of the legs and gap tests: queue and user conversation topics, fast
-/// pings and timeouts.
+/// pings (a gap after a socket the bridge stopped reading starts at its last answered ping, so
+/// the ping interval bounds how far a gap record reaches into delivered time) and timeouts.
 pub const LEG_TEST_EXTRA: &str = r#"
 [topics]
 templates = [
@@ -473,7 +464,7 @@ templates = [
   { template = "v2.users.{id}.conversations" },
 ]
 [socket]
-ping_interval = "1s"
+ping_interval = "250ms"
 pong_timeout = "1s"
 dead_after = "6s"
 rollover_margin = "2500ms"

@@ -2,10 +2,11 @@
 //!
 //! Every socket of a shard (each leg's, a rollover candidate's, a replaced one still draining)
 //! is a *lane*. A lane covers the shard from when it connected (once its first frame proved it
-//! works) until it closed: a socket that closes delivered everything sent before its close, as
-//! TCP keeps order. One found dead (no pong, silent, broken frames) covered only until its last
-//! frame. While a lane is attached it is assumed to cover up to now. A **gap** is an interval no
-//! lane covered.
+//! works) until the server's close frame: everything sent before it was read, as TCP keeps
+//! order. A lane that ended otherwise (no close frame, found dead, or closed by the bridge, which
+//! stops reading what is still on the wire) covered only as far as it proved: up to the send
+//! time of its last answered ping (the actor passes that as the lane's last point). While a lane
+//! is attached it is assumed to cover up to now. A **gap** is an interval no lane covered.
 //!
 //! The assumption "covers up to now" can turn out wrong: a silent socket is only found dead
 //! after a ping went unanswered, and then its coverage ends at its last frame, in the past. If

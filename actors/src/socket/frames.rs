@@ -132,7 +132,16 @@ impl SocketActor {
             .get_or_create(&Metrics::kind(label))
             .inc();
         match kind {
-            Ok(FrameKind::Heartbeat | FrameKind::Pong | FrameKind::Metadata) => {
+            Ok(FrameKind::Pong) => {
+                // Everything the server queued before answering the oldest ping is handled.
+                if let Some(conn) = self.conn_mut(conn_id) {
+                    if let Some(sent_ms) = conn.pings_in_flight.pop_front() {
+                        conn.proven_ms = conn.proven_ms.max(sent_ms);
+                    }
+                }
+                self.frame_handled(conn_id, now_ms);
+            }
+            Ok(FrameKind::Heartbeat | FrameKind::Metadata) => {
                 self.frame_handled(conn_id, now_ms);
             }
             Ok(FrameKind::SocketClosing) => {
@@ -186,13 +195,15 @@ impl SocketActor {
         }
     }
 
-    /// A frame of `conn_id` is dealt with (durably, for an event): the socket covered the shard
-    /// until `at_ms`, and a restart's gap would start there.
+    /// A frame of `conn_id` is dealt with (durably, for an event). A restart's gap starts where
+    /// the socket proved delivery (see `Conn::proven_ms`), not at this frame's receive time.
     fn frame_handled(&mut self, conn_id: u64, at_ms: i64) {
-        if let Some(conn) = self.conn_mut(conn_id) {
-            conn.last_frame_ms = at_ms;
-        }
-        self.cell.note_frame(at_ms);
+        let Some(conn) = self.conn_mut(conn_id) else {
+            return;
+        };
+        conn.last_frame_ms = at_ms;
+        let proven_ms = conn.proven_ms;
+        self.cell.note_frame(proven_ms);
     }
 
     /// The server announced the end of this connection's channel (`socket_closing`,

@@ -30,6 +30,9 @@ pub(super) enum Place {
     Draining(usize),
 }
 
+/// Pings awaiting their pongs, at most (more are not sent until pongs come back).
+const MAX_PINGS_IN_FLIGHT: usize = 64;
+
 impl SocketActor {
     pub(super) fn place(&self, conn_id: u64) -> Option<Place> {
         for leg in &self.legs {
@@ -424,6 +427,8 @@ impl SocketActor {
             covering: true,
             last_frame_ms: created_at.timestamp_millis(),
             last_frame_at: Instant::now(),
+            proven_ms: created_at.timestamp_millis(),
+            pings_in_flight: std::collections::VecDeque::new(),
             doomed: None,
             partial: None,
             ping_timer: None,
@@ -700,18 +705,14 @@ impl SocketActor {
         if let Some(timer) = conn.ping_timer.take() {
             ctx.cancel_future(timer);
         }
-        // A socket that got a close frame, or that we closed, delivered everything sent before
-        // the close: TCP keeps order. One that ended without a close frame (1006: it may have
-        // been dead for a while) or was found dead (no pong, silent, broken frames) covered the
-        // shard only as far as its last frame.
-        let found_dead = matches!(
-            reason,
-            "closed" | "pong_timeout" | "dead_socket" | "protocol_error" | "rollover_timeout"
-        );
-        let last_ms = if found_dead || !conn.first_frame_seen {
-            conn.last_frame_ms
-        } else {
+        // A socket whose close frame we read delivered everything sent before it: TCP keeps
+        // order. Any other end (no close frame, found dead, or closed by us, which stops reading
+        // what is still on the wire) covered the shard only as far as it proved: frames queued
+        // behind the last one handled were sent after the last answered ping, no earlier.
+        let last_ms = if reason == "closed_by_server" && conn.first_frame_seen {
             Utc::now().timestamp_millis()
+        } else {
+            conn.proven_ms
         };
         self.lane_ended(conn.id, last_ms, reason, ctx);
         drop(conn);
@@ -746,6 +747,13 @@ impl SocketActor {
         if conn.ping_timer.is_some() {
             return; // the earlier ping's verdict is pending
         }
+        if conn.pings_in_flight.len() >= MAX_PINGS_IN_FLIGHT {
+            // A server that stopped answering pings but sends frames: nothing more to prove
+            // with pings; `dead_after` still watches the socket.
+            return;
+        }
+        conn.pings_in_flight
+            .push_back(Utc::now().timestamp_millis());
         let _ = conn
             .sink
             .write(awc::ws::Message::Text(r#"{"message":"ping"}"#.into()));

@@ -109,6 +109,14 @@ struct Conn {
     /// The last frame handled, epoch ms, and when (monotonic).
     last_frame_ms: i64,
     last_frame_at: Instant,
+    /// Every frame the server sent before this instant (epoch ms) has been handled: the send
+    /// time of the last ping whose pong came back (the server answers behind what it queued
+    /// before it), or the connect. A frame's *receive* time proves less: frames queued on the
+    /// wire behind it were sent before it arrived, and are lost when the bridge stops reading
+    /// (a pause, a shutdown, a crash) or the socket dies.
+    proven_ms: i64,
+    /// Send times (epoch ms) of the pings whose pongs have not come back yet, oldest first.
+    pings_in_flight: std::collections::VecDeque<i64>,
     /// The server announced this channel's end (the reason).
     doomed: Option<&'static str>,
     /// A fragmented message being reassembled: (is text, bytes so far).

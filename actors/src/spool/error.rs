@@ -32,6 +32,14 @@ pub enum SpoolError {
         /// The cap that applied: `max_bytes - 64 KiB` for events, `max_bytes` for gap records.
         limit_bytes: u64,
     },
+    /// The disk was full and its reserve was released for the bridge's own records (see
+    /// [`crate::disk_reserve`]): events are refused, nothing was stored, until deleting
+    /// acknowledged segments made room to allocate the reserve again. Retry later.
+    #[error(
+        "disk full: the disk reserve is in use for status records; events are refused until \
+         Kafka acknowledges and segments are deleted"
+    )]
+    DiskReserveInUse,
     /// The record can never fit, whatever is acked: its payload is larger than the format's or
     /// the configuration's limit. Nothing was stored.
     #[error("record payload of {payload_bytes} bytes exceeds the spool's limit of {limit_bytes}")]

@@ -69,6 +69,7 @@ pub use recovery::{RecoveryCut, RecoveryReport};
 pub use segment::{segment_file_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 pub use stats::SpoolStats;
 
+use crate::disk_reserve::DiskReserve;
 use committed::AckWatermark;
 use lock::DirLock;
 use state::WriterState;
@@ -124,6 +125,9 @@ pub(crate) struct Shared {
     /// Serialises group commits (syncer tick, `sync()`, close) and remembers what is persisted.
     book: Mutex<SyncBook>,
     fsync: FsyncStats,
+    /// Real headroom on disk for gap records and `committed.pos` (and, through
+    /// [`Spool::disk_reserve`], the shard state) when the disk is full.
+    reserve: Arc<DiskReserve>,
 }
 
 impl Shared {
@@ -157,6 +161,7 @@ impl Spool {
         let lock = lock::lock_dir(&config.dir)?;
         let recovered = recovery::recover(&config)?;
         let report = recovered.report;
+        let reserve = Arc::new(DiskReserve::open(&config.dir));
         let shared = Arc::new(Shared {
             published_next_seq: AtomicU64::new(recovered.state.next_seq),
             state: Mutex::new(recovered.state),
@@ -167,6 +172,7 @@ impl Spool {
             signal: SyncSignal::default(),
             book: Mutex::new(SyncBook::new(recovered.persisted_committed)),
             fsync: FsyncStats::default(),
+            reserve,
             config,
         });
         let syncer = syncer::spawn(Arc::clone(&shared))
@@ -192,7 +198,9 @@ impl Spool {
     ///
     /// When the spool is full: with `block`, `Err(SpoolError::Full)`; with `drop-newest`, events
     /// return `Ok(AppendOutcome::Dropped)`. Gap records may use the last 64 KiB of the cap
-    /// ([`GAP_HEADROOM_BYTES`]) in both policies.
+    /// ([`GAP_HEADROOM_BYTES`]) in both policies. When the *disk* is full, a gap record is
+    /// written into the released disk reserve, and events get `Err(SpoolError::DiskReserveInUse)`
+    /// until it is allocated again.
     pub fn append(&self, record: &Record) -> Result<AppendOutcome, SpoolError> {
         self.shared().append(record)
     }
@@ -296,6 +304,12 @@ impl Spool {
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.shared().config.dir
+    }
+
+    /// The disk reserve of the spool directory: other small files beside the spool (the shard
+    /// state) write through [`DiskReserve::with_room`] too.
+    pub fn disk_reserve(&self) -> Arc<DiskReserve> {
+        Arc::clone(&self.shared().reserve)
     }
 
     /// The configuration the spool was opened with.

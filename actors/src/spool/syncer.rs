@@ -116,7 +116,10 @@ impl Shared {
         let committed = self.lock_acks().committed();
         let mut persisted = Ok(());
         if committed != book.persisted_committed {
-            match write_committed(&self.config.dir, committed) {
+            match self
+                .reserve
+                .with_room(|| write_committed(&self.config.dir, committed))
+            {
                 Ok(()) => book.persisted_committed = committed,
                 Err(error) => {
                     persisted = Err(SpoolError::io(
@@ -241,6 +244,9 @@ impl Shared {
             persisted_committed,
             "deleted acked spool segments"
         );
+        // The blocks are free once the last handle is closed.
+        drop(doomed);
+        self.reserve.rearm();
         self.space_freed.notify_waiters();
     }
 

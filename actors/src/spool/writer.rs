@@ -53,6 +53,9 @@ impl Shared {
 
     pub(crate) fn append(&self, record: &Record) -> Result<AppendOutcome, SpoolError> {
         self.check_payload_size(record.kind, record.payload.len())?;
+        if record.kind != RecordKind::Gap && self.reserve.in_use() {
+            return Err(SpoolError::DiskReserveInUse);
+        }
         // Encode and checksum the payload before taking the lock.
         let mut unsealed = UnsealedRecord::new(record);
         let frame_bytes = unsealed.len() as u64;
@@ -81,11 +84,25 @@ impl Shared {
                 limit_bytes: cap,
             });
         }
-        if needs_rotation {
-            state.rotate(&self.config.dir)?;
-        }
         let seq = state.next_seq;
-        state.write_frame(seq, unsealed.seal(seq))?;
+        let sealed = unsealed.seal(seq);
+        let write = |state: &mut super::state::WriterState| {
+            if needs_rotation && state.active_first_seq() != Some(seq) {
+                state.rotate(&self.config.dir)?;
+            }
+            state.write_frame(seq, sealed)
+        };
+        match write(&mut state) {
+            // The disk (not the spool's cap) is full: a gap record goes into the disk reserve.
+            Err(SpoolError::Io { source, .. })
+                if record.kind == RecordKind::Gap
+                    && crate::disk_reserve::is_disk_full(&source)
+                    && self.reserve.release() =>
+            {
+                write(&mut state)?
+            }
+            other => other?,
+        }
         // Stored under the lock: two appenders publishing after unlocking could go backwards.
         self.published_next_seq.store(seq + 1, Ordering::Release);
         let fsync_due = state.unsynced_records == self.config.fsync_every_records;
