@@ -69,10 +69,55 @@ fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
             .metric("genesys_bridge_leg_losses_total{reason=\"closed\"}")
             >= 12.0
     );
+    assert_eq!(
+        s.bridge.status()["shards"][0]["merge_keying"],
+        "correlation_id",
+        "the simulator gives both channels one CorrelationId: learnt"
+    );
     assert!(
         s.bridge
             .metric("genesys_bridge_duplicates_suppressed_total")
             > 100.0
+    );
+}
+
+/// #12: the merge must not depend on Genesys giving both channels one `CorrelationId` for an
+/// event (undocumented). Keyed by it, a merge delivers every event once per leg when they do
+/// not; the merge learns that they disagree and keys by topic and body.
+#[test]
+fn channels_with_their_own_correlation_ids_get_each_event_once_through_leg_drops() {
+    let config = SimConfig {
+        correlation_per_channel: true,
+        ..sim_config()
+    };
+    let s = Scenario::start(config, 3, EXTRA);
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
+    let topics = conversation_topics(&s.sim);
+    let from = next_published_seq(&s.sim);
+    for round in 0..4 {
+        let connected = connected_channels(&s.sim);
+        assert_eq!(connected.len(), 2, "two legs, two sockets");
+        let victim = &connected[round % 2];
+        assert_eq!(s.sim.faults().drop_socket(Target::from(victim)).len(), 1);
+        wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(10));
+        // The schedule of the fault: one drop every five seconds.
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
+    let reconciled = reconcile_without_correlation_ids(&s.sim, &s.kafka, from, &topics);
+    report("own CorrelationIds per channel, a leg dropped every 5 s", &reconciled);
+    assert!(reconciled.expected > 50, "traffic flowed");
+    assert!(reconciled.missing.is_empty(), "events lost");
+    assert_duplicates_only_late(&s.bridge, &reconciled);
+    assert!(
+        s.bridge
+            .metric("genesys_bridge_duplicates_suppressed_total")
+            > 50.0,
+        "the copies were merged"
+    );
+    assert_eq!(
+        s.bridge.status()["shards"][0]["merge_keying"],
+        "topic_and_body"
     );
 }
 

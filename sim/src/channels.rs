@@ -142,6 +142,8 @@ pub(crate) struct Registry {
     pub log: ChannelLog,
     /// `accept_then_close` with target `all`: copied onto every channel created while it holds.
     accept_then_close_all: Option<Option<Instant>>,
+    /// See [`SimConfig::correlation_per_channel`](crate::SimConfig::correlation_per_channel).
+    correlation_per_channel: bool,
 }
 
 /// Whether an `accept_then_close` setting holds at `now`.
@@ -150,7 +152,7 @@ fn holds(setting: Option<Option<Instant>>, now: Instant) -> bool {
 }
 
 impl Registry {
-    pub fn new(seed: u64, log_capacity: Option<usize>) -> Self {
+    pub fn new(seed: u64, log_capacity: Option<usize>, correlation_per_channel: bool) -> Self {
         Registry {
             live: HashMap::new(),
             index: HashMap::new(),
@@ -161,6 +163,7 @@ impl Registry {
             rng: ids::rng_for(seed, ids::Stream::Channels),
             log: ChannelLog::new(log_capacity),
             accept_then_close_all: None,
+            correlation_per_channel,
         }
     }
 
@@ -467,6 +470,7 @@ impl Registry {
             let result = match &channel.socket {
                 None => Err(MissReason::NoSocket),
                 Some(link) if link.is_silent() => Err(MissReason::Silenced),
+                Some(link) if self.correlation_per_channel => link.push(for_channel(out, id)),
                 Some(link) => link.push(out.clone()),
             };
             if let Err(reason) = result {
@@ -541,6 +545,25 @@ pub(crate) fn short(id: &str) -> String {
     format!("…{tail}")
 }
 
+/// The copy of `out` channel `channel_id` gets when every channel has its own `CorrelationId`:
+/// the last 12 hex digits replaced by a hash of the id and the channel (same length, still a
+/// UUID).
+pub(crate) fn for_channel(out: &Outgoing, channel_id: &str) -> Outgoing {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    out.correlation_id.hash(&mut hasher);
+    channel_id.hash(&mut hasher);
+    let tail = format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff);
+    let keep = out.correlation_id.len().saturating_sub(12);
+    let correlation_id = format!("{}{tail}", &out.correlation_id[..keep]);
+    let frame = out.frame.replacen(&*out.correlation_id, &correlation_id, 1);
+    Outgoing {
+        topic: Arc::clone(&out.topic),
+        frame: Arc::from(frame),
+        correlation_id: Arc::from(correlation_id),
+    }
+}
+
 /// Builds an [`Outgoing`] for an event on one topic.
 pub(crate) fn outgoing(topic: &str, frame: Arc<str>, correlation_id: &str) -> Outgoing {
     Outgoing {
@@ -555,8 +578,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn per_channel_correlation_ids_change_only_the_correlation_id() {
+        let correlation = "2074b130-f0a0-4722-9063-cdbac74c0aee";
+        let frame = format!(
+            r#"{{"topicName":"t","eventBody":{{"id":"x"}},"metadata":{{"CorrelationId":"{correlation}"}}}}"#
+        );
+        let out = outgoing("t", Arc::from(frame.as_str()), correlation);
+        let a = for_channel(&out, "streaming-0-a");
+        let b = for_channel(&out, "streaming-0-b");
+        assert_eq!(for_channel(&out, "streaming-0-a").frame, a.frame, "deterministic");
+        assert_ne!(a.correlation_id, b.correlation_id);
+        assert_ne!(&*a.correlation_id, correlation);
+        for copy in [&a, &b] {
+            assert_eq!(copy.correlation_id.len(), correlation.len());
+            assert_eq!(copy.correlation_id[..24], correlation[..24]);
+            assert_eq!(
+                &*copy.frame,
+                frame.replace(correlation, &copy.correlation_id),
+                "the rest of the frame is untouched"
+            );
+        }
+    }
+
+    #[test]
     fn eviction_prefers_the_oldest_idle_channel() {
-        let mut reg = Registry::new(1, None);
+        let mut reg = Registry::new(1, None, false);
         let day = Duration::from_secs(86_400);
         let (a, _) = reg.create("c", "t", day, 2);
         let (b, _) = reg.create("c", "t", day, 2);
@@ -585,7 +631,7 @@ mod tests {
 
     #[test]
     fn topic_index_follows_subscriptions_and_death() {
-        let mut reg = Registry::new(1, None);
+        let mut reg = Registry::new(1, None, false);
         let (a, _) = reg.create("c", "t", Duration::from_secs(60), 20);
         reg.set_topics(&a, vec!["x".into(), "y".into(), "x".into()]);
         assert_eq!(reg.get(&a).unwrap().topics(), ["x", "y"]);

@@ -162,6 +162,10 @@ pub struct SimConfig {
     pub branching: Branching,
     /// Frames waiting for one socket before the simulator drops that socket as too slow.
     pub socket_buffer_frames: usize,
+    /// Each channel gets its own `CorrelationId` for an event (derived from the event's and the
+    /// channel's ids) instead of the one the published log holds. Genesys does not document
+    /// which it does; a client must not depend on either.
+    pub correlation_per_channel: bool,
     /// Entries kept by the ledger, and likewise by the missed log, the published log, the
     /// channel log and the REST request log (oldest dropped first); `None` keeps everything.
     /// REST counters and the channel log's per-client counters are never trimmed.
@@ -191,6 +195,7 @@ impl Default for SimConfig {
             stages: StageDurations::fast(),
             branching: Branching::default(),
             socket_buffer_frames: 100_000,
+            correlation_per_channel: false,
             ledger_capacity: None,
             history_capacity: 50_000,
             workers: 1,

@@ -65,6 +65,10 @@ struct Args {
     /// actix worker threads per listener.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Give every channel its own CorrelationId for an event (Genesys does not document
+    /// whether two channels share it).
+    #[arg(long)]
+    correlation_per_channel: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         },
         ledger_capacity: (args.ledger_limit > 0).then_some(args.ledger_limit),
         workers: args.workers,
+        correlation_per_channel: args.correlation_per_channel,
         ..SimConfig::default()
     };
     let sim = Simulator::start(cfg)?;

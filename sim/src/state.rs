@@ -67,7 +67,11 @@ impl Sim {
             ws_base_url,
             directory: RwLock::new(Directory::new(cfg.seed, cfg.queues, cfg.agents)),
             auth: Mutex::new(AuthState::new(cfg.seed)),
-            channels: Mutex::new(Registry::new(cfg.seed, cfg.ledger_capacity)),
+            channels: Mutex::new(Registry::new(
+                cfg.seed,
+                cfg.ledger_capacity,
+                cfg.correlation_per_channel,
+            )),
             ledger: Ledger::new(cfg.ledger_capacity),
             missed: MissedLog::new(cfg.ledger_capacity),
             published: PublishedLog::new(cfg.ledger_capacity),

@@ -337,35 +337,67 @@ pub fn reconcile(
     from_seq: u64,
     topics: &std::collections::HashSet<String>,
 ) -> Reconciled {
+    reconcile_by(sim, kafka, from_seq, topics, |frame| frame.to_string())
+}
+
+/// [`reconcile`] with frames compared without their `metadata.CorrelationId`: for a simulator
+/// that gives every channel its own (`correlation_per_channel`).
+pub fn reconcile_without_correlation_ids(
+    sim: &genesys_sim::SimHandle,
+    kafka: &Tansu,
+    from_seq: u64,
+    topics: &std::collections::HashSet<String>,
+) -> Reconciled {
+    reconcile_by(sim, kafka, from_seq, topics, |frame| {
+        let mut value: serde_json::Value = serde_json::from_str(frame).expect("a JSON frame");
+        if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            metadata.remove("CorrelationId");
+        }
+        value.to_string()
+    })
+}
+
+fn reconcile_by(
+    sim: &genesys_sim::SimHandle,
+    kafka: &Tansu,
+    from_seq: u64,
+    topics: &std::collections::HashSet<String>,
+    key: impl Fn(&str) -> String,
+) -> Reconciled {
     use std::collections::HashMap;
     let published = sim.published();
+    let keys: Vec<String> = published.iter().map(|e| key(&e.frame)).collect();
     let mut published_all: HashMap<&str, usize> = HashMap::new();
-    for entry in published.iter().filter(|e| topics.contains(&e.topic)) {
-        *published_all.entry(&*entry.frame).or_default() += 1;
+    for (entry, k) in published.iter().zip(&keys) {
+        if topics.contains(&entry.topic) {
+            *published_all.entry(k.as_str()).or_default() += 1;
+        }
     }
     let records = consume_all(&kafka.brokers(), &CONVERSATION_KAFKA_TOPICS);
+    let record_keys: Vec<String> = records.iter().map(|r| key(&r.value)).collect();
     let mut in_kafka: HashMap<&str, usize> = HashMap::new();
-    for record in &records {
-        *in_kafka.entry(record.value.as_str()).or_default() += 1;
+    for k in &record_keys {
+        *in_kafka.entry(k.as_str()).or_default() += 1;
     }
-    let since: Vec<&genesys_sim::PublishedEntry> = published
+    let since: Vec<(&genesys_sim::PublishedEntry, &str)> = published
         .iter()
-        .filter(|e| e.seq >= from_seq && topics.contains(&e.topic))
+        .zip(&keys)
+        .filter(|(e, _)| e.seq >= from_seq && topics.contains(&e.topic))
+        .map(|(e, k)| (e, k.as_str()))
         .collect();
     // The n-th copy of a frame published n times is missing if Kafka has fewer.
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for entry in published
-        .iter()
-        .filter(|e| e.seq < from_seq && topics.contains(&e.topic))
-    {
-        *seen.entry(&entry.frame).or_default() += 1;
+    for (entry, k) in published.iter().zip(&keys) {
+        if entry.seq < from_seq && topics.contains(&entry.topic) {
+            *seen.entry(k.as_str()).or_default() += 1;
+        }
     }
     let mut missing = Vec::new();
     let mut landed = Vec::new();
-    for entry in &since {
-        let nth = seen.entry(&entry.frame).or_default();
+    for (entry, k) in &since {
+        let nth = seen.entry(k).or_default();
         *nth += 1;
-        if in_kafka.get(&*entry.frame).copied().unwrap_or(0) < *nth {
+        if in_kafka.get(k).copied().unwrap_or(0) < *nth {
             missing.push((*entry).clone());
         } else {
             landed.push((*entry).clone());
@@ -373,7 +405,7 @@ pub fn reconcile(
     }
     let duplicated = in_kafka
         .iter()
-        .map(|(frame, n)| n.saturating_sub(published_all.get(frame).copied().unwrap_or(0)))
+        .map(|(k, n)| n.saturating_sub(published_all.get(k).copied().unwrap_or(0)))
         .sum();
     Reconciled {
         expected: since.len(),

@@ -245,11 +245,23 @@ impl SocketActor {
 
     fn deliver(&mut self, conn_id: u64, data: Bytes, received_at_ms: i64, ctx: &mut Context<Self>) {
         if self.merge.needed(&self.attached) {
-            if let Some(identity) = merge::event_identity(&data) {
-                match self
-                    .merge
-                    .offer(identity, conn_id, &self.attached, Instant::now())
-                {
+            if let Some(ids) = merge::event_identities(&data) {
+                let now = Instant::now();
+                let identity = self.merge.identify(&ids, conn_id, now);
+                if let Some(keying) = self.merge.take_keying_change() {
+                    self.health
+                        .shard(self.shard, |s| s.merge_keying = keying.as_str());
+                    tracing::info!(
+                        shard = self.shard,
+                        keying = keying.as_str(),
+                        "merge keying learnt: the channels {} on CorrelationIds",
+                        match keying {
+                            super::correlation::Keying::CorrelationId => "agree",
+                            super::correlation::Keying::TopicAndBody => "disagree",
+                        }
+                    );
+                }
+                match self.merge.offer(identity, conn_id, &self.attached, now) {
                     Verdict::Deliver => {}
                     Verdict::Duplicate => {
                         self.metrics.duplicates_suppressed.inc();

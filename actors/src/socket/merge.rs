@@ -4,13 +4,15 @@
 //! briefly has two sockets too; Genesys fans every event out to each of them. The merge delivers
 //! each event once, from whichever socket ("lane") brings it first.
 //!
-//! **Identity** is the topic, the event body as received and the `CorrelationId`, hashed (128
-//! bits, so that a collision, which would lose an event, is out of reach). The body alone is not
-//! enough: Genesys re-sends a snapshot without visible change, and a re-send that comes while the
-//! sockets change (a rollover) cannot be told from the twin of the first one, so a body-only
-//! merge loses it (measured: 6 events in an 8 s demo run). Whether Genesys gives two channels the
-//! same `CorrelationId` for one event is undocumented: if it did not, both copies would be
-//! delivered, a duplicate, never a loss. A frame without one is identified by topic and body.
+//! **Identity** is the topic and the event body as received, hashed (128 bits, so that a
+//! collision, which would lose an event, is out of reach), and the `CorrelationId` too once the
+//! traffic showed that the channels agree on it ([`super::correlation`]): Genesys re-sends a
+//! snapshot without visible change, and a re-send that comes while the sockets change (a
+//! rollover) cannot be told from the twin of the first one by its body (a body-keyed merge then
+//! delivers the re-send's body twice and the first copy's `CorrelationId` never; measured: 6
+//! frames in an 8 s demo run). Whether Genesys gives two channels the same `CorrelationId` is
+//! undocumented, so the merge does not depend on it: keyed by it while the channels disagree,
+//! it would deliver every event once per leg. A frame without one is keyed by topic and body.
 //!
 //! **Multiset**: two genuinely identical events (a snapshot re-sent without visible change) are
 //! both delivered. Per identity the merge counts the copies seen on each lane; a copy is
@@ -38,6 +40,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::correlation::{Keying, Learner};
+
 /// How long after a socket attached complete entries are kept for it.
 pub const ATTACH_GRACE: Duration = Duration::from_secs(5);
 
@@ -60,23 +64,59 @@ struct MetadataRef<'a> {
     correlation_id: Option<&'a RawValue>,
 }
 
-/// The identity of an event frame, or `None` if it is not an envelope with a topic.
-pub fn event_identity(frame: &[u8]) -> Option<Identity> {
+/// The identities of one event frame, from one parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identities {
+    /// Topic and body.
+    pub by_body: Identity,
+    /// Topic, body and `CorrelationId` (`by_body` when the frame has none).
+    pub by_correlation: Identity,
+    /// The `CorrelationId`, hashed, when the frame has one.
+    pub correlation: Option<u64>,
+}
+
+/// The identities of an event frame, or `None` if it is not an envelope with a topic.
+pub fn event_identities(frame: &[u8]) -> Option<Identities> {
     let parsed: TopicAndBody<'_> = serde_json::from_slice(frame).ok()?;
     // Two fixed-key SipHash states (stable within a process, which is all the merge needs).
     let mut low = DefaultHasher::new();
     let mut high = DefaultHasher::new();
     0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
-    let correlation_id = parsed
-        .metadata
-        .and_then(|m| m.correlation_id)
-        .map(RawValue::get);
     for hasher in [&mut low, &mut high] {
         parsed.topic_name.get().hash(hasher);
         parsed.event_body.map(RawValue::get).hash(hasher);
+    }
+    let join = |low: &DefaultHasher, high: &DefaultHasher| {
+        ((high.finish() as u128) << 64) | low.finish() as u128
+    };
+    let by_body = join(&low, &high);
+    let Some(correlation_id) = parsed
+        .metadata
+        .and_then(|m| m.correlation_id)
+        .map(RawValue::get)
+    else {
+        return Some(Identities {
+            by_body,
+            by_correlation: by_body,
+            correlation: None,
+        });
+    };
+    let mut alone = DefaultHasher::new();
+    correlation_id.hash(&mut alone);
+    for hasher in [&mut low, &mut high] {
         correlation_id.hash(hasher);
     }
-    Some(((high.finish() as u128) << 64) | low.finish() as u128)
+    Some(Identities {
+        by_body,
+        by_correlation: join(&low, &high),
+        correlation: Some(alone.finish()),
+    })
+}
+
+/// The identity of an event frame under the given keying (tests and tools; the actor goes
+/// through [`Merge::identify`]).
+pub fn event_identity(frame: &[u8]) -> Option<Identity> {
+    event_identities(frame).map(|ids| ids.by_correlation)
 }
 
 /// The identity of a frame that is not an envelope (a malformed frame): its bytes, hashed
@@ -142,6 +182,13 @@ pub struct Merge {
     expired_order: VecDeque<Identity>,
     /// Complete entries are kept until then (a socket attached recently).
     keep_until: Option<Instant>,
+    /// Whether the channels agree on `CorrelationId`s.
+    learner: Learner,
+    /// The keying in force; the learner's verdict takes over once no entry is pending (so a
+    /// copy and its twin are always keyed alike).
+    keying: Keying,
+    /// A change of keying not yet reported.
+    keying_changed: bool,
 }
 
 impl Merge {
@@ -155,7 +202,40 @@ impl Merge {
             expired: HashSet::new(),
             expired_order: VecDeque::new(),
             keep_until: None,
+            learner: Learner::new(capacity, window),
+            keying: Keying::TopicAndBody,
+            keying_changed: false,
         }
+    }
+
+    /// The identity a copy on `lane` is merged by (and what it teaches about the channels'
+    /// `CorrelationId`s).
+    pub fn identify(&mut self, ids: &Identities, lane: u64, now: Instant) -> Identity {
+        if let Some(correlation) = ids.correlation {
+            let _ = self.learner.observe(ids.by_body, correlation, lane, now);
+        }
+        let wanted = self.learner.verdict();
+        if wanted != self.keying && self.entries.is_empty() {
+            self.keying = wanted;
+            self.keying_changed = true;
+            // The old keying's late-copy memory would not match the new identities.
+            self.expired.clear();
+            self.expired_order.clear();
+        }
+        match self.keying {
+            Keying::TopicAndBody => ids.by_body,
+            Keying::CorrelationId => ids.by_correlation,
+        }
+    }
+
+    /// The keying in force.
+    pub fn keying(&self) -> Keying {
+        self.keying
+    }
+
+    /// The keying, if it changed since the last call.
+    pub fn take_keying_change(&mut self) -> Option<Keying> {
+        std::mem::take(&mut self.keying_changed).then_some(self.keying)
     }
 
     /// A socket attached: keep complete entries for [`ATTACH_GRACE`].
@@ -413,5 +493,53 @@ mod tests {
         let later = now + Duration::from_secs(6);
         assert_eq!(merge.offer(8, 2, &lanes, later), Verdict::LateDuplicate);
         assert!(merge.pending() <= 3);
+    }
+
+    fn frame(n: usize, correlation: &str) -> Vec<u8> {
+        format!(r#"{{"topicName":"v2.users.u.conversations","eventBody":{{"n":{n}}},"metadata":{{"CorrelationId":"{correlation}"}}}}"#).into_bytes()
+    }
+
+    /// Offers event `n` on both lanes (lane 1 first) through `identify`; the verdicts.
+    fn both_lanes(merge: &mut Merge, n: usize, theirs: &str, now: Instant) -> (Verdict, Verdict) {
+        let lanes = [1, 2];
+        let mine = event_identities(&frame(n, &format!("c{n}"))).unwrap();
+        let other = event_identities(&frame(n, theirs)).unwrap();
+        let first = merge.identify(&mine, 1, now);
+        let first = merge.offer(first, 1, &lanes, now);
+        let second = merge.identify(&other, 2, now);
+        (first, merge.offer(second, 2, &lanes, now))
+    }
+
+    #[test]
+    fn channels_with_their_own_correlation_ids_still_get_each_event_once() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(5));
+        for n in 0..200 {
+            let verdicts = both_lanes(&mut merge, n, &format!("other-{n}"), now);
+            assert_eq!(verdicts, (Verdict::Deliver, Verdict::Duplicate), "event {n}");
+        }
+        assert_eq!(merge.keying(), Keying::TopicAndBody);
+        assert_eq!(merge.take_keying_change(), None);
+    }
+
+    #[test]
+    fn channels_that_share_correlation_ids_are_merged_by_them_once_learnt() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(5));
+        for n in 0..40 {
+            let verdicts = both_lanes(&mut merge, n, &format!("c{n}"), now);
+            assert_eq!(verdicts, (Verdict::Deliver, Verdict::Duplicate), "event {n}");
+        }
+        assert_eq!(merge.take_keying_change(), Some(Keying::CorrelationId));
+        assert_eq!(merge.take_keying_change(), None);
+        // Now a re-sent snapshot (same body, new CorrelationId) that only lane 2 brings, while
+        // lane 1 brings the first copy, is told apart from it.
+        let lanes = [1, 2];
+        let first = event_identities(&frame(99, "first")).unwrap();
+        let re_sent = event_identities(&frame(99, "again")).unwrap();
+        let id = merge.identify(&first, 1, now);
+        assert_eq!(merge.offer(id, 1, &lanes, now), Verdict::Deliver);
+        let id = merge.identify(&re_sent, 2, now);
+        assert_eq!(merge.offer(id, 2, &lanes, now), Verdict::Deliver);
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod budget;
 pub mod conn;
+pub mod correlation;
 pub mod coverage;
 pub mod frames;
 mod gaps;
