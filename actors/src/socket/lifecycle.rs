@@ -558,9 +558,16 @@ impl SocketActor {
         match self.place(conn_id) {
             None => {}
             Some(Place::Draining(index)) => {
-                // A retired socket finished its close handshake: nothing more can arrive on it.
+                // A retired socket finished its close handshake (the server's close frame came:
+                // everything sent before it was read), or ended without one (then it covered
+                // only what it proved).
                 let conn = self.draining.swap_remove(index);
-                self.close_conn(conn, "retired", ctx);
+                let reason = if reason == "closed_by_server" {
+                    reason
+                } else {
+                    "retired"
+                };
+                self.close_conn(conn, reason, ctx);
                 self.lanes_changed();
             }
             Some(Place::Next(leg)) => {
