@@ -42,13 +42,10 @@ fn report(what: &str, reconciled: &Reconciled) {
     }
 }
 
-#[test]
-fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
-    let s = Scenario::start(sim_config(), 3, EXTRA);
-    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
-    let topics = conversation_topics(&s.sim);
-    let from = next_published_seq(&s.sim);
-    for round in 0..12 {
+/// Drops one leg's socket (the legs in turn) every five seconds, `rounds` times, each time
+/// waiting until both legs stream again.
+fn drop_a_leg_every_5s(s: &Scenario, rounds: usize) {
+    for round in 0..rounds {
         let connected = connected_channels(&s.sim);
         assert_eq!(connected.len(), 2, "two legs, two sockets");
         let victim = &connected[round % 2];
@@ -57,6 +54,15 @@ fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
         // The schedule of the fault: one drop every five seconds.
         std::thread::sleep(Duration::from_secs(5));
     }
+}
+
+#[test]
+fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
+    let s = Scenario::start(sim_config(), 3, EXTRA);
+    wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
+    let topics = conversation_topics(&s.sim);
+    let from = next_published_seq(&s.sim);
+    drop_a_leg_every_5s(&s, 12);
     finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
     let reconciled = reconcile(&s.sim, &s.kafka, from, &topics);
     report("one leg dropped every 5 s", &reconciled);
@@ -72,7 +78,7 @@ fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
     assert_eq!(
         s.bridge.status()["shards"][0]["merge_keying"],
         "correlation_id",
-        "the simulator gives both channels one CorrelationId: learnt"
+        "the simulator gives both channels one CorrelationId: the keying stays"
     );
     assert!(
         s.bridge
@@ -83,7 +89,8 @@ fn one_leg_dropped_every_5s_for_a_minute_loses_nothing_and_records_no_gap() {
 
 /// #12: the merge must not depend on Genesys giving both channels one `CorrelationId` for an
 /// event (undocumented). Keyed by it, a merge delivers every event once per leg when they do
-/// not; the merge learns that they disagree and keys by topic and body.
+/// not (1,671 duplicates of 1,973 events here); the merge learns that they disagree and keys by
+/// topic and body.
 #[test]
 fn channels_with_their_own_correlation_ids_get_each_event_once_through_leg_drops() {
     let config = SimConfig {
@@ -94,21 +101,23 @@ fn channels_with_their_own_correlation_ids_get_each_event_once_through_leg_drops
     wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(20));
     let topics = conversation_topics(&s.sim);
     let from = next_published_seq(&s.sim);
-    for round in 0..4 {
-        let connected = connected_channels(&s.sim);
-        assert_eq!(connected.len(), 2, "two legs, two sockets");
-        let victim = &connected[round % 2];
-        assert_eq!(s.sim.faults().drop_socket(Target::from(victim)).len(), 1);
-        wait_legs_streaming(&s.bridge, 1, 2, Duration::from_secs(10));
-        // The schedule of the fault: one drop every five seconds.
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    drop_a_leg_every_5s(&s, 4);
     finish_traffic(&s.sim, &s.kafka, from, &topics, Duration::from_secs(60));
     let reconciled = reconcile_without_correlation_ids(&s.sim, &s.kafka, from, &topics);
-    report("own CorrelationIds per channel, a leg dropped every 5 s", &reconciled);
+    report(
+        "own CorrelationIds per channel, a leg dropped every 5 s",
+        &reconciled,
+    );
     assert!(reconciled.expected > 50, "traffic flowed");
     assert!(reconciled.missing.is_empty(), "events lost");
-    assert_duplicates_only_late(&s.bridge, &reconciled);
+    // The merge starts keyed by CorrelationId: until the learner's verdict (16 pairs, the last
+    // of them merged) the copies were delivered twice.
+    let late = s.bridge.metric("genesys_bridge_duplicates_late_total");
+    assert!(
+        reconciled.duplicated as f64 <= late + 15.0,
+        "{} duplicated, {late} late copies",
+        reconciled.duplicated
+    );
     assert!(
         s.bridge
             .metric("genesys_bridge_duplicates_suppressed_total")

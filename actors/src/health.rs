@@ -65,8 +65,9 @@ pub struct ShardStatus {
     /// Legs (redundant channels) of this shard: 1 or 2.
     pub redundancy: usize,
     pub legs: Vec<LegStatus>,
-    /// What the merge of the legs keys copies by: `topic_and_body` (until the traffic shows the
-    /// channels agree on CorrelationIds, or for good when they do not) or `correlation_id`.
+    /// What the merge of the legs keys copies by: `correlation_id` (topic, body and
+    /// CorrelationId, while the channels agree on it) or `topic_and_body` (once they are seen to
+    /// disagree).
     pub merge_keying: &'static str,
     /// Since when no leg covers the shard (a gap is open), if one is.
     pub gap_open_since: Option<DateTime<Utc>>,
@@ -90,7 +91,7 @@ impl ShardStatus {
             phase: ShardPhase::Connecting,
             redundancy: 1,
             legs: Vec::new(),
-            merge_keying: "topic_and_body",
+            merge_keying: "correlation_id",
             gap_open_since: None,
             topic_count,
             rejected_topics: Vec::new(),

@@ -586,7 +586,11 @@ mod tests {
         let out = outgoing("t", Arc::from(frame.as_str()), correlation);
         let a = for_channel(&out, "streaming-0-a");
         let b = for_channel(&out, "streaming-0-b");
-        assert_eq!(for_channel(&out, "streaming-0-a").frame, a.frame, "deterministic");
+        assert_eq!(
+            for_channel(&out, "streaming-0-a").frame,
+            a.frame,
+            "deterministic"
+        );
         assert_ne!(a.correlation_id, b.correlation_id);
         assert_ne!(&*a.correlation_id, correlation);
         for copy in [&a, &b] {

@@ -1,13 +1,17 @@
 //! Whether two channels get the same `CorrelationId` for one event, learnt from the traffic.
 //!
-//! Genesys does not document it. The merge keys copies by topic, body and `CorrelationId` when
+//! Genesys does not document it. The merge keys copies by topic, body and `CorrelationId` while
 //! the channels agree on it (then a snapshot re-sent without visible change is told apart from
-//! the twin of the first copy), and by topic and body alone when they do not (else every event
-//! would be delivered once per leg). Until the traffic says which, it keys by topic and body:
-//! never a duplicate, and a re-sent snapshot still arrives with its body.
+//! the twin of the first copy; keyed by body, the re-send would be taken for a late twin and
+//! dropped when it comes on a socket that attached meanwhile), and by topic and body alone once
+//! they are seen to disagree (else every event would be delivered once per leg). It starts keyed
+//! by `CorrelationId`: if the channels disagree, the first pairs are delivered twice (a
+//! duplicate, never a loss) until the verdict.
 //!
 //! The evidence: the first unpaired copy of a body on one lane is compared with the next copy of
-//! that body on another lane (their CorrelationIds, hashed). Over the last [`SAMPLE`] pairs,
+//! that body on another lane that was attached when the first arrived (their CorrelationIds,
+//! hashed); a lane that attached later never got that copy, and what it brings with the same
+//! body is a re-send, not a twin. Over the last [`SAMPLE`] pairs,
 //! three quarters agreeing make the keying `CorrelationId`, three quarters differing make it
 //! topic and body; a pair mismatched by a rollover (a lane that missed the first copy pairs its
 //! re-send with it) cannot flip it. Bounded: copies wait at most `window`, at most `capacity`
@@ -26,10 +30,10 @@ pub const MIN_SAMPLE: usize = 16;
 /// What the merge keys copies by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keying {
-    /// Topic and body: the channels give one event different CorrelationIds (or it is not known
-    /// yet).
+    /// Topic and body: the channels give one event different CorrelationIds.
     TopicAndBody,
-    /// Topic, body and `CorrelationId`: the channels agree on it.
+    /// Topic, body and `CorrelationId`: the channels agree on it (or nothing says otherwise
+    /// yet).
     CorrelationId,
 }
 
@@ -42,11 +46,18 @@ impl Keying {
     }
 }
 
+struct Unpaired {
+    lane: u64,
+    correlation: u64,
+    /// The lanes attached when it arrived: where its twins can come from.
+    attached: Vec<u64>,
+}
+
 pub struct Learner {
     capacity: usize,
     window: Duration,
-    /// Body identity → unpaired copies (lane, CorrelationId hash), oldest first.
-    waiting: HashMap<Identity, VecDeque<(u64, u64)>>,
+    /// Body identity → unpaired copies, oldest first.
+    waiting: HashMap<Identity, VecDeque<Unpaired>>,
     /// Every unpaired copy in arrival order, for the window and the capacity.
     order: VecDeque<(Identity, Instant)>,
     /// The last pairs: whether their CorrelationIds agreed.
@@ -64,7 +75,7 @@ impl Learner {
             order: VecDeque::new(),
             recent: VecDeque::with_capacity(SAMPLE),
             differing: 0,
-            verdict: Keying::TopicAndBody,
+            verdict: Keying::CorrelationId,
         }
     }
 
@@ -73,31 +84,36 @@ impl Learner {
     }
 
     /// A copy of the event with body identity `body` and CorrelationId hash `correlation`
-    /// arrived on `lane`. The new verdict, when this copy changed it.
+    /// arrived on `lane`, with `attached` the lanes attached now. The new verdict, when this
+    /// copy changed it.
     pub fn observe(
         &mut self,
         body: Identity,
         correlation: u64,
         lane: u64,
+        attached: &[u64],
         now: Instant,
     ) -> Option<Keying> {
         self.expire(now);
         if let Some(copies) = self.waiting.get_mut(&body) {
-            if let Some(at) = copies.iter().position(|(other, _)| *other != lane) {
-                let (_, theirs) = copies.remove(at).unwrap_or_default();
+            let twin = copies
+                .iter()
+                .position(|first| first.lane != lane && first.attached.contains(&lane));
+            if let Some(theirs) = twin.and_then(|at| copies.remove(at)) {
                 if copies.is_empty() {
                     self.waiting.remove(&body);
                 }
-                return self.record(theirs == correlation);
+                return self.record(theirs.correlation == correlation);
             }
         }
         while self.order.len() >= self.capacity {
             self.drop_oldest();
         }
-        self.waiting
-            .entry(body)
-            .or_default()
-            .push_back((lane, correlation));
+        self.waiting.entry(body).or_default().push_back(Unpaired {
+            lane,
+            correlation,
+            attached: attached.to_vec(),
+        });
         self.order.push_back((body, now));
         None
     }
@@ -163,38 +179,56 @@ mod tests {
             } else {
                 correlation + 1
             };
-            changes.extend(learner.observe(body, correlation, 1, now));
-            changes.extend(learner.observe(body, theirs, 2, now));
+            changes.extend(learner.observe(body, correlation, 1, &[1, 2], now));
+            changes.extend(learner.observe(body, theirs, 2, &[1, 2], now));
         }
         changes
     }
 
     #[test]
-    fn channels_that_agree_make_it_key_by_correlation_id() {
+    fn channels_that_differ_make_it_key_by_topic_and_body() {
         let mut learner = Learner::new(1000, Duration::from_secs(10));
-        assert_eq!(learner.verdict(), Keying::TopicAndBody, "until known");
-        let changes = run(&mut learner, MIN_SAMPLE as u128 - 1, true);
+        assert_eq!(
+            learner.verdict(),
+            Keying::CorrelationId,
+            "until shown otherwise"
+        );
+        let changes = run(&mut learner, MIN_SAMPLE as u128 - 1, false);
         assert!(changes.is_empty(), "no verdict on too few pairs");
         assert_eq!(
-            run(&mut learner, 1, true),
-            vec![Keying::CorrelationId],
+            run(&mut learner, 1, false),
+            vec![Keying::TopicAndBody],
             "the sixteenth pair decides"
         );
         assert!(learner.waiting.is_empty() && learner.order.len() <= 2 * MIN_SAMPLE);
+        assert!(run(&mut learner, 200, false).is_empty());
     }
 
     #[test]
-    fn channels_that_differ_keep_it_by_topic_and_body_and_a_few_mismatches_flip_nothing() {
-        let mut learner = Learner::new(1000, Duration::from_secs(10));
-        assert!(run(&mut learner, 200, false).is_empty());
-        assert_eq!(learner.verdict(), Keying::TopicAndBody);
+    fn channels_that_agree_keep_it_by_correlation_id_and_a_few_mismatches_flip_nothing() {
         let mut agreeing = Learner::new(1000, Duration::from_secs(10));
-        run(&mut agreeing, 100, true);
+        assert!(run(&mut agreeing, 100, true).is_empty());
         // Rollovers pair a re-send with the first copy now and then: ten in a row change nothing.
         assert!(run(&mut agreeing, 10, false).is_empty());
         assert_eq!(agreeing.verdict(), Keying::CorrelationId);
-        // Genesys changing its mind does.
+        // Genesys changing its mind does, and back.
         assert_eq!(run(&mut agreeing, 64, false), vec![Keying::TopicAndBody]);
+        assert_eq!(run(&mut agreeing, 64, true), vec![Keying::CorrelationId]);
+    }
+
+    #[test]
+    fn a_re_send_on_a_socket_that_attached_later_is_no_evidence() {
+        let now = Instant::now();
+        let mut learner = Learner::new(1000, Duration::from_secs(10));
+        for body in 0..100 {
+            // Lane `body` alone got the first copy; lane `body + 1` attached, then the snapshot
+            // was re-sent (another CorrelationId) on it.
+            let (old, new) = (body as u64, body as u64 + 1);
+            learner.observe(body, 1, old, &[old], now);
+            learner.observe(body, 2, new, &[old, new], now);
+        }
+        assert!(learner.recent.is_empty(), "no pair compared");
+        assert_eq!(learner.verdict(), Keying::CorrelationId);
     }
 
     #[test]
@@ -202,16 +236,17 @@ mod tests {
         let now = Instant::now();
         let mut learner = Learner::new(8, Duration::from_secs(1));
         // The same body twice on lane 1 before lane 2 brings either: first with first.
-        learner.observe(7, 70, 1, now);
-        learner.observe(7, 71, 1, now);
-        learner.observe(7, 70, 2, now);
-        learner.observe(7, 71, 2, now);
+        let both = [1, 2];
+        learner.observe(7, 70, 1, &both, now);
+        learner.observe(7, 71, 1, &both, now);
+        learner.observe(7, 70, 2, &both, now);
+        learner.observe(7, 71, 2, &both, now);
         assert_eq!(learner.recent, VecDeque::from([true, true]));
         for body in 100..200 {
-            learner.observe(body, 1, 1, now);
+            learner.observe(body, 1, 1, &both, now);
         }
         assert!(learner.order.len() <= 8 && learner.waiting.len() <= 8);
-        learner.observe(500, 1, 1, now + Duration::from_secs(2));
+        learner.observe(500, 1, 1, &both, now + Duration::from_secs(2));
         assert_eq!(learner.order.len(), 1, "the window expired the rest");
     }
 }

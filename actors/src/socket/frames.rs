@@ -247,7 +247,7 @@ impl SocketActor {
         if self.merge.needed(&self.attached) {
             if let Some(ids) = merge::event_identities(&data) {
                 let now = Instant::now();
-                let identity = self.merge.identify(&ids, conn_id, now);
+                let keys = self.merge.identify(&ids, conn_id, &self.attached, now);
                 if let Some(keying) = self.merge.take_keying_change() {
                     self.health
                         .shard(self.shard, |s| s.merge_keying = keying.as_str());
@@ -261,7 +261,7 @@ impl SocketActor {
                         }
                     );
                 }
-                match self.merge.offer(identity, conn_id, &self.attached, now) {
+                match self.merge.offer_keyed(keys, conn_id, &self.attached, now) {
                     Verdict::Deliver => {}
                     Verdict::Duplicate => {
                         self.metrics.duplicates_suppressed.inc();

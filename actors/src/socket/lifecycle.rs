@@ -245,6 +245,7 @@ impl SocketActor {
         if purpose == Establishing::Primary && self.legs[leg].rollover_trigger.is_none() {
             self.legs[leg].connect_times.push_back(Instant::now());
         }
+        self.merge.lane_connecting(Instant::now());
         let reuse = match purpose {
             Establishing::Primary => self.legs[leg].reusable.take(),
             Establishing::Rollover(_) => None,

@@ -4,15 +4,14 @@
 //! briefly has two sockets too; Genesys fans every event out to each of them. The merge delivers
 //! each event once, from whichever socket ("lane") brings it first.
 //!
-//! **Identity** is the topic and the event body as received, hashed (128 bits, so that a
-//! collision, which would lose an event, is out of reach), and the `CorrelationId` too once the
-//! traffic showed that the channels agree on it ([`super::correlation`]): Genesys re-sends a
-//! snapshot without visible change, and a re-send that comes while the sockets change (a
-//! rollover) cannot be told from the twin of the first one by its body (a body-keyed merge then
-//! delivers the re-send's body twice and the first copy's `CorrelationId` never; measured: 6
-//! frames in an 8 s demo run). Whether Genesys gives two channels the same `CorrelationId` is
-//! undocumented, so the merge does not depend on it: keyed by it while the channels disagree,
-//! it would deliver every event once per leg. A frame without one is keyed by topic and body.
+//! **Identity** is the topic, the event body as received and the `CorrelationId`, hashed (128
+//! bits, so that a collision, which would lose an event, is out of reach), as long as the
+//! channels agree on CorrelationIds, and the topic and body alone once [`super::correlation`]
+//! saw them disagree (keyed by CorrelationId then, every event would be delivered once per leg).
+//! The CorrelationId is what tells a snapshot Genesys re-sent without visible change from the
+//! twin of the first copy: keyed by body, a re-send arriving on a socket that attached meanwhile
+//! is taken for a late twin and dropped (measured: 6 events in an 8 s demo run with a rollover).
+//! A frame without one is keyed by topic and body.
 //!
 //! **Multiset**: two genuinely identical events (a snapshot re-sent without visible change) are
 //! both delivered. Per identity the merge counts the copies seen on each lane; a copy is
@@ -27,8 +26,9 @@
 //! tells it apart from a new event).
 //!
 //! A socket that just connected may still bring copies of events that reached the others before
-//! it was attached (its subscription was in place a little earlier): for [`ATTACH_GRACE`] after a
-//! socket attached, complete entries are kept too (until `window` or `capacity`).
+//! it was attached (the server sends on it from its upgrade, before the bridge counts it as
+//! attached): from the moment a connect starts until [`ATTACH_GRACE`] after a socket attached,
+//! complete entries are kept too (until `window` or `capacity`).
 //!
 //! With one lane attached and nothing pending, the merge costs nothing: no parse, no hash.
 
@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+#[cfg(test)]
+use super::correlation::MIN_SAMPLE;
 use super::correlation::{Keying, Learner};
 
 /// How long after a socket attached complete entries are kept for it.
@@ -113,8 +115,8 @@ pub fn event_identities(frame: &[u8]) -> Option<Identities> {
     })
 }
 
-/// The identity of an event frame under the given keying (tests and tools; the actor goes
-/// through [`Merge::identify`]).
+/// The identity of an event frame keyed by topic, body and `CorrelationId` (tests; the actor
+/// goes through [`Merge::identify`]).
 pub fn event_identity(frame: &[u8]) -> Option<Identity> {
     event_identities(frame).map(|ids| ids.by_correlation)
 }
@@ -144,6 +146,8 @@ pub enum Verdict {
 }
 
 struct Entry {
+    /// The identity of this event under the other keying (see [`Merge::identify`]).
+    alternate: Identity,
     delivered: u32,
     /// Copies seen per lane.
     seen: Vec<(u64, u32)>,
@@ -184,8 +188,8 @@ pub struct Merge {
     keep_until: Option<Instant>,
     /// Whether the channels agree on `CorrelationId`s.
     learner: Learner,
-    /// The keying in force; the learner's verdict takes over once no entry is pending (so a
-    /// copy and its twin are always keyed alike).
+    /// The keying in force (the learner's verdict; pending entries are re-keyed when it
+    /// changes, so a copy and its twin are always keyed alike).
     keying: Keying,
     /// A change of keying not yet reported.
     keying_changed: bool,
@@ -203,29 +207,75 @@ impl Merge {
             expired_order: VecDeque::new(),
             keep_until: None,
             learner: Learner::new(capacity, window),
-            keying: Keying::TopicAndBody,
+            keying: Keying::CorrelationId,
             keying_changed: false,
         }
     }
 
-    /// The identity a copy on `lane` is merged by (and what it teaches about the channels'
-    /// `CorrelationId`s).
-    pub fn identify(&mut self, ids: &Identities, lane: u64, now: Instant) -> Identity {
+    /// The identities a copy on `lane` is merged by, for [`offer_keyed`](Self::offer_keyed) (and
+    /// what it teaches about the channels' `CorrelationId`s).
+    pub fn identify(
+        &mut self,
+        ids: &Identities,
+        lane: u64,
+        attached: &[u64],
+        now: Instant,
+    ) -> (Identity, Identity) {
         if let Some(correlation) = ids.correlation {
-            let _ = self.learner.observe(ids.by_body, correlation, lane, now);
+            let _ = self
+                .learner
+                .observe(ids.by_body, correlation, lane, attached, now);
         }
         let wanted = self.learner.verdict();
-        if wanted != self.keying && self.entries.is_empty() {
+        if wanted != self.keying {
             self.keying = wanted;
             self.keying_changed = true;
-            // The old keying's late-copy memory would not match the new identities.
-            self.expired.clear();
-            self.expired_order.clear();
+            self.rekey();
         }
+        self.keys(ids)
+    }
+
+    /// The identity under the keying in force, and the other one.
+    pub fn keys(&self, ids: &Identities) -> (Identity, Identity) {
         match self.keying {
-            Keying::TopicAndBody => ids.by_body,
-            Keying::CorrelationId => ids.by_correlation,
+            Keying::TopicAndBody => (ids.by_body, ids.by_correlation),
+            Keying::CorrelationId => (ids.by_correlation, ids.by_body),
         }
+    }
+
+    /// The keying changed: pending entries move to their identity under the new one, so copies
+    /// still to come find them. Entries that become one (copies of a body under several
+    /// CorrelationIds, keyed by body now) add up. The late-copy memory is of the old identities
+    /// and is forgotten.
+    fn rekey(&mut self) {
+        let old: Vec<(Identity, Entry)> = self.entries.drain().collect();
+        let mut moved: HashMap<Identity, Identity> = HashMap::new();
+        for (identity, mut entry) in old {
+            let key = entry.alternate;
+            entry.alternate = identity;
+            moved.insert(identity, key);
+            match self.entries.get_mut(&key) {
+                Some(same) => {
+                    same.delivered += entry.delivered;
+                    for (lane, n) in entry.seen {
+                        match same.seen.iter_mut().find(|(l, _)| *l == lane) {
+                            Some((_, count)) => *count += n,
+                            None => same.seen.push((lane, n)),
+                        }
+                    }
+                }
+                None => {
+                    self.entries.insert(key, entry);
+                }
+            }
+        }
+        for (identity, _, _) in self.order.iter_mut() {
+            if let Some(key) = moved.get(identity) {
+                *identity = *key;
+            }
+        }
+        self.expired.clear();
+        self.expired_order.clear();
     }
 
     /// The keying in force.
@@ -241,6 +291,16 @@ impl Merge {
     /// A socket attached: keep complete entries for [`ATTACH_GRACE`].
     pub fn lane_attached(&mut self, now: Instant) {
         self.keep_until = Some(now + ATTACH_GRACE);
+    }
+
+    /// A connect started: its socket may bring copies of what the others deliver from now on,
+    /// before it counts as attached; keep complete entries (for [`ATTACH_GRACE`], renewed when
+    /// it attaches).
+    pub fn lane_connecting(&mut self, now: Instant) {
+        let until = now + ATTACH_GRACE;
+        if self.keep_until.is_none_or(|kept| kept < until) {
+            self.keep_until = Some(until);
+        }
     }
 
     fn keeping(&self, now: Instant) -> bool {
@@ -261,6 +321,18 @@ impl Merge {
     pub fn offer(
         &mut self,
         identity: Identity,
+        lane: u64,
+        attached: &[u64],
+        now: Instant,
+    ) -> Verdict {
+        self.offer_keyed((identity, identity), lane, attached, now)
+    }
+
+    /// [`offer`](Self::offer) with the event's identity under both keyings (from
+    /// [`keys`](Self::keys)), so that a change of keying keeps its entry.
+    pub fn offer_keyed(
+        &mut self,
+        (identity, alternate): (Identity, Identity),
         lane: u64,
         attached: &[u64],
         now: Instant,
@@ -290,6 +362,7 @@ impl Merge {
         }
         let late = self.expired.remove(&identity);
         let entry = Entry {
+            alternate,
             delivered: 1,
             seen: vec![(lane, 1)],
             expected: attached.to_vec(),
@@ -504,42 +577,89 @@ mod tests {
         let lanes = [1, 2];
         let mine = event_identities(&frame(n, &format!("c{n}"))).unwrap();
         let other = event_identities(&frame(n, theirs)).unwrap();
-        let first = merge.identify(&mine, 1, now);
-        let first = merge.offer(first, 1, &lanes, now);
-        let second = merge.identify(&other, 2, now);
-        (first, merge.offer(second, 2, &lanes, now))
+        let first = merge.identify(&mine, 1, &lanes, now);
+        let first = merge.offer_keyed(first, 1, &lanes, now);
+        let second = merge.identify(&other, 2, &lanes, now);
+        (first, merge.offer_keyed(second, 2, &lanes, now))
     }
 
     #[test]
-    fn channels_with_their_own_correlation_ids_still_get_each_event_once() {
+    fn channels_with_their_own_correlation_ids_get_each_event_once_once_learnt() {
         let now = Instant::now();
         let mut merge = Merge::new(100, Duration::from_secs(5));
+        let mut twice = 0;
         for n in 0..200 {
-            let verdicts = both_lanes(&mut merge, n, &format!("other-{n}"), now);
-            assert_eq!(verdicts, (Verdict::Deliver, Verdict::Duplicate), "event {n}");
+            match both_lanes(&mut merge, n, &format!("other-{n}"), now) {
+                (Verdict::Deliver, Verdict::Duplicate) => {}
+                (Verdict::Deliver, Verdict::Deliver) => twice += 1,
+                verdicts => panic!("event {n}: {verdicts:?}"),
+            }
         }
+        assert_eq!(
+            twice,
+            MIN_SAMPLE - 1,
+            "delivered twice only until the learner's verdict (the copy that decides it is merged)"
+        );
         assert_eq!(merge.keying(), Keying::TopicAndBody);
+        assert_eq!(merge.take_keying_change(), Some(Keying::TopicAndBody));
         assert_eq!(merge.take_keying_change(), None);
     }
 
     #[test]
-    fn channels_that_share_correlation_ids_are_merged_by_them_once_learnt() {
+    fn channels_that_share_correlation_ids_are_merged_by_them() {
         let now = Instant::now();
         let mut merge = Merge::new(100, Duration::from_secs(5));
         for n in 0..40 {
             let verdicts = both_lanes(&mut merge, n, &format!("c{n}"), now);
-            assert_eq!(verdicts, (Verdict::Deliver, Verdict::Duplicate), "event {n}");
+            assert_eq!(
+                verdicts,
+                (Verdict::Deliver, Verdict::Duplicate),
+                "event {n}"
+            );
         }
-        assert_eq!(merge.take_keying_change(), Some(Keying::CorrelationId));
+        assert_eq!(merge.keying(), Keying::CorrelationId);
         assert_eq!(merge.take_keying_change(), None);
-        // Now a re-sent snapshot (same body, new CorrelationId) that only lane 2 brings, while
+        // A re-sent snapshot (same body, new CorrelationId) that only lane 2 brings, while
         // lane 1 brings the first copy, is told apart from it.
         let lanes = [1, 2];
         let first = event_identities(&frame(99, "first")).unwrap();
         let re_sent = event_identities(&frame(99, "again")).unwrap();
-        let id = merge.identify(&first, 1, now);
-        assert_eq!(merge.offer(id, 1, &lanes, now), Verdict::Deliver);
-        let id = merge.identify(&re_sent, 2, now);
-        assert_eq!(merge.offer(id, 2, &lanes, now), Verdict::Deliver);
+        let id = merge.identify(&first, 1, &lanes, now);
+        assert_eq!(merge.offer_keyed(id, 1, &lanes, now), Verdict::Deliver);
+        let id = merge.identify(&re_sent, 2, &lanes, now);
+        assert_eq!(merge.offer_keyed(id, 2, &lanes, now), Verdict::Deliver);
+    }
+
+    #[test]
+    fn a_change_of_keying_keeps_the_entries_waiting_for_their_copies() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(60));
+        let lanes = [1, 2];
+        // Lane 1 runs ahead with one event while the channels' CorrelationIds are seen to
+        // differ on the others.
+        let ahead = event_identities(&frame(1000, "mine")).unwrap();
+        let keys = merge.identify(&ahead, 1, &lanes, now);
+        assert_eq!(merge.offer_keyed(keys, 1, &lanes, now), Verdict::Deliver);
+        for n in 0..40 {
+            both_lanes(&mut merge, n, &format!("other-{n}"), now);
+        }
+        assert_eq!(merge.keying(), Keying::TopicAndBody);
+        // Its copy on lane 2 (with lane 2's CorrelationId), keyed by body now, finds the entry
+        // made under the old keying.
+        let copy = event_identities(&frame(1000, "theirs")).unwrap();
+        let keys = merge.identify(&copy, 2, &lanes, now);
+        assert_eq!(merge.offer_keyed(keys, 2, &lanes, now), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_socket_being_connected_finds_the_copies_the_others_delivered_meanwhile() {
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(60));
+        let a = event_identity(A).unwrap();
+        // Only lane 1 is attached; lane 3 is connecting and the server already sends on it.
+        merge.lane_connecting(now);
+        assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
+        merge.lane_attached(now);
+        assert_eq!(merge.offer(a, 3, &[1, 3], now), Verdict::Duplicate);
     }
 }
