@@ -181,8 +181,8 @@ fn assert_per_key_order(bridge: &Bridge, sim: &SimHandle, brokers: &str, what: &
 /// #14 defect 2, the partial case: a broker slower than `message.timeout.ms` for a while, then
 /// fast again. Records in flight time out while the ones produced after it recovered go
 /// through at once, so a retry that goes out on its own overtakes nothing only if newer records
-/// of its key wait behind it. Before, they did not (the timed-out records landed after newer
-/// ones of their key).
+/// of its key wait behind it. Before, they did not: on the producer before the rewrite (4d60465)
+/// 93 keys had events out of order in Kafka.
 #[test]
 fn per_key_order_holds_when_a_slow_broker_times_records_out_and_recovers() {
     let (mock, sim, bridge, _dir) = streaming_on_a_mock_cluster(1500);
