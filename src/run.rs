@@ -144,6 +144,7 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
     let backfill_queue = if config.backfill.enabled {
         match BackfillQueue::open(&config.spool.dir) {
             Ok(queue) => {
+                let queue = queue.with_disk_reserve(spool.disk_reserve());
                 let pending = queue.pending().len();
                 if pending > 0 {
                     tracing::info!(pending, "resuming backfill of gaps from an earlier run");

@@ -547,6 +547,15 @@ fn a_filled_disk_recovers_once_kafka_acknowledges_also_across_a_restart() {
     wait_until("the disk is full", Duration::from_secs(120), || {
         bridge.metric("genesys_bridge_events_failed_total{reason=\"spool_io\"}") >= 1.0
     });
+    // The shard state (saved every 200 ms) needs room: the disk reserve is released for it.
+    wait_until(
+        "the disk reserve is in use",
+        Duration::from_secs(10),
+        || {
+            bridge.metric("genesys_bridge_spool_disk_reserve_in_use") == 1.0
+                && bridge.status()["spool"]["disk_reserve"] == "in_use"
+        },
+    );
     assert_eq!(bridge.get("/livez").map(|r| r.0), Some(200));
     // A crash on the full disk, and a start on it.
     bridge.kill();
@@ -564,6 +573,11 @@ fn a_filled_disk_recovers_once_kafka_acknowledges_also_across_a_restart() {
         || bridge.metric("genesys_bridge_events_spooled_total") > spooled + 50.0,
     );
     bridge.wait_ready(Duration::from_secs(60));
+    assert_eq!(
+        bridge.metric("genesys_bridge_spool_disk_reserve_in_use"),
+        0.0,
+        "allocated again once acknowledged segments were deleted"
+    );
     let missing = assert_every_missing_event_inside_a_gap(&bridge, &sim, &kafka, "full disk");
     assert!(missing > 0, "the burst did fill the disk");
 }

@@ -6,7 +6,9 @@
 //! not be written either, and the last one is what lets acknowledged segments be deleted. So
 //! the spool directory holds a file of [`DISK_RESERVE_BYTES`] allocated on disk (`reserve`).
 //! When one of those writes fails for lack of space, the reserve is released (truncated: its
-//! blocks are free at once) and the write tried again. While it is released events are refused
+//! blocks are free at once) and the write tried again (gap records in the spool writer,
+//! `committed.pos` in the syncer, `shard-state.json` and `backfill.json` through
+//! [`DiskReserve::with_room`]). While it is released events are refused
 //! (the sockets pause, and the gap record says so), so they cannot take the room back; it is
 //! allocated again once deleting acknowledged segments made room, and events flow again.
 
@@ -31,6 +33,16 @@ pub enum ReserveState {
     /// Never allocated (the volume had no room for it when the spool opened, or cannot
     /// allocate): no headroom, nothing refused.
     Absent,
+}
+
+impl ReserveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReserveState::Armed => "armed",
+            ReserveState::InUse => "in_use",
+            ReserveState::Absent => "absent",
+        }
+    }
 }
 
 #[derive(Debug)]

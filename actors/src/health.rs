@@ -137,6 +137,9 @@ pub struct SpoolStatus {
     pub oldest_unacked_age_seconds: Option<f64>,
     pub full: bool,
     pub dropped: u64,
+    /// The disk reserve of the spool directory: `armed`, `in_use` (the disk was full: released
+    /// for the bridge's own records, events refused until it is allocated again) or `absent`.
+    pub disk_reserve: &'static str,
 }
 
 /// Everything `/status` shows and `/readyz` decides on.
@@ -178,6 +181,12 @@ impl HealthSnapshot {
             .collect();
         if !not_streaming.is_empty() {
             return Some(not_streaming.join(", "));
+        }
+        if self.spool.disk_reserve == "in_use" {
+            return Some(
+                "disk full: events are refused until Kafka acknowledges and segments are deleted"
+                    .into(),
+            );
         }
         if self.spool.full {
             return Some("spool is full".into());

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub spool_dropped: Counter,
     pub spool_fsync_seconds_max: Gauge<f64, AtomicU64>,
     pub spool_corrupt_cut: Counter,
+    pub spool_disk_reserve_in_use: Gauge,
     pub in_flight: Gauge,
     pub in_flight_bytes: Gauge,
     pub retries_waiting: Gauge,
@@ -118,6 +119,7 @@ impl Metrics {
             spool_dropped: Counter::default(),
             spool_fsync_seconds_max: Gauge::default(),
             spool_corrupt_cut: Counter::default(),
+            spool_disk_reserve_in_use: Gauge::default(),
             in_flight: Gauge::default(),
             in_flight_bytes: Gauge::default(),
             retries_waiting: Gauge::default(),
@@ -297,6 +299,11 @@ impl Metrics {
             "spool_corrupt_cut",
             "Corrupt or torn spool records cut off at start-up",
             metrics.spool_corrupt_cut.clone(),
+        );
+        registry.register(
+            "spool_disk_reserve_in_use",
+            "1 while the disk is full and its reserve is released for status records and the spool's state (events are refused)",
+            metrics.spool_disk_reserve_in_use.clone(),
         );
         registry.register(
             "kafka_in_flight",

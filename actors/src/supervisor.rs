@@ -631,6 +631,11 @@ fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health, refusa
     let oldest_age = stats
         .oldest_unacked_received_at_ms
         .map(|at| (now_ms - at).max(0) as f64 / 1000.0);
+    let reserve = spool.disk_reserve().state();
+    let reserve_in_use = reserve == crate::disk_reserve::ReserveState::InUse;
+    metrics
+        .spool_disk_reserve_in_use
+        .set(i64::from(reserve_in_use));
     metrics.spool_bytes.set(stats.bytes_on_disk as i64);
     metrics.spool_records.set(stats.records_unacked as i64);
     metrics.spool_oldest_age.set(oldest_age.unwrap_or(0.0));
@@ -643,6 +648,7 @@ fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health, refusa
     state.spool.oldest_unacked_age_seconds = oldest_age;
     state.spool.dropped = stats.dropped_records;
     state.spool.full = full;
+    state.spool.disk_reserve = reserve.as_str();
 }
 
 /// Asks every actor to answer within `deadline`; the names of those that did not.

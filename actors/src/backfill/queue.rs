@@ -73,6 +73,8 @@ pub struct BackfillQueue {
     path: PathBuf,
     gaps: Arc<Mutex<Vec<PendingGap>>>,
     added: Arc<Notify>,
+    /// Room for a write when the disk is full (the spool directory's reserve).
+    reserve: Option<Arc<crate::disk_reserve::DiskReserve>>,
 }
 
 impl BackfillQueue {
@@ -97,7 +99,14 @@ impl BackfillQueue {
             path,
             gaps: Arc::new(Mutex::new(gaps)),
             added: Arc::new(Notify::new()),
+            reserve: None,
         })
+    }
+
+    /// Writes through `reserve` (released for a write that finds the disk full).
+    pub fn with_disk_reserve(mut self, reserve: Arc<crate::disk_reserve::DiskReserve>) -> Self {
+        self.reserve = Some(reserve);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PendingGap>> {
@@ -109,7 +118,7 @@ impl BackfillQueue {
         let bytes = serde_json::to_vec_pretty(&QueueFile {
             gaps: gaps.to_vec(),
         })?;
-        {
+        let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut file = crate::private_fs::options()
                 .write(true)
@@ -118,8 +127,13 @@ impl BackfillQueue {
                 .open(&temp)?;
             file.write_all(&bytes)?;
             file.sync_data()?;
+            drop(file);
+            std::fs::rename(&temp, &self.path)
+        };
+        match &self.reserve {
+            Some(reserve) => reserve.with_room(write),
+            None => write(),
         }
-        std::fs::rename(&temp, &self.path)
     }
 
     /// Adds a gap (durably) and wakes the backfill actor.
