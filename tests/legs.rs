@@ -144,7 +144,7 @@ fn one_leg_silent_for_good_is_replaced_within_ping_and_pong_timeout_and_loses_no
         1
     );
     let started = Instant::now();
-    // ping_interval (250 ms) + pong_timeout (1 s), and more than a second for a loaded machine.
+    // ping_interval (100 ms) + pong_timeout (1 s), and more than a second for a loaded machine.
     wait_until(
         "the silent leg is found dead",
         Duration::from_secs(3),

@@ -487,8 +487,9 @@ pub fn wait_legs_streaming(bridge: &Bridge, shards: usize, legs: usize, timeout:
 }
 
 /// `[topics]` and `[socket]` of the legs and gap tests: queue and user conversation topics, fast
-/// pings (a gap after a socket the bridge stopped reading starts at its last answered ping, so
-/// the ping interval bounds how far a gap record reaches into delivered time) and timeouts.
+/// pings and timeouts. A gap after a socket the bridge stopped reading (a crash included) starts
+/// at its last answered ping, as saved (every 200 ms) in the shard state: the ping interval plus
+/// that bound how far a gap record reaches into delivered time, and the tests allow 0.5 s.
 pub const LEG_TEST_EXTRA: &str = r#"
 [topics]
 templates = [
@@ -496,7 +497,7 @@ templates = [
   { template = "v2.users.{id}.conversations" },
 ]
 [socket]
-ping_interval = "250ms"
+ping_interval = "100ms"
 pong_timeout = "1s"
 dead_after = "6s"
 rollover_margin = "2500ms"
