@@ -714,11 +714,19 @@ impl SocketActor {
             ctx.cancel_future(timer);
         }
         // A socket whose close frame we read delivered everything sent before it: TCP keeps
-        // order. Any other end (no close frame, found dead, or closed by us, which stops reading
-        // what is still on the wire) covered the shard only as far as it proved: frames queued
-        // behind the last one handled were sent after the last answered ping, no earlier.
+        // order. One that ended without a close frame or was found dead (no pong, silent,
+        // broken frames) covered the shard as far as its last frame. One the bridge closed
+        // itself (a pause, a shutdown, a retired socket that did not finish its handshake)
+        // stopped being read with frames still on the wire, sent before the last frame read
+        // arrived: it covered only as far as it proved, its last answered ping.
+        let found_dead = matches!(
+            reason,
+            "closed" | "pong_timeout" | "dead_socket" | "protocol_error" | "rollover_timeout"
+        );
         let last_ms = if reason == "closed_by_server" && conn.first_frame_seen {
             Utc::now().timestamp_millis()
+        } else if found_dead {
+            conn.last_frame_ms
         } else {
             conn.proven_ms
         };
