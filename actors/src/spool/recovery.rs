@@ -389,29 +389,23 @@ fn recover_segment(
         } else {
             None
         };
-        if let Some(resync) = resync {
+        let (bytes_cut, records_lost, reason) = if let Some(resync) = resync {
             // Only the frames between the damage and the next good one are lost.
             let copy = super::salvage::copy_into_segment(dir, &file, resync, file_len)
                 .map_err(|error| io_error("copying the good frames after damage in", error))?;
-            file.set_len(scan.valid_len)
-                .map_err(|error| io_error("truncating", error))?;
-            file.sync_all()
-                .map_err(|error| io_error("fsync of", error))?;
-            findings.cut(RecoveryCut {
-                file: path.to_path_buf(),
-                offset: scan.valid_len,
-                bytes_cut: resync.offset - scan.valid_len,
-                records_lost: resync.seq - scan.next_seq,
-                reason: format!(
-                    "{damage}; reading resumed at offset {} with seq {} (moved to {})",
-                    resync.offset,
-                    resync.seq,
-                    copy.path.display()
-                ),
-            });
             salvaged = Some((copy.first_seq, copy.path.clone()));
+            let reason = format!(
+                "{damage}; reading resumed at offset {} with seq {} (moved to {})",
+                resync.offset,
+                resync.seq,
+                copy.path.display()
+            );
+            (
+                resync.offset - scan.valid_len,
+                resync.seq - scan.next_seq,
+                reason,
+            )
         } else {
-            let bytes_cut = file_len - scan.valid_len;
             let records_lost = match next_first_seq {
                 Some(next_first) => next_first - scan.next_seq,
                 None => {
@@ -421,18 +415,19 @@ fn recover_segment(
                     framed.max(1)
                 }
             };
-            file.set_len(scan.valid_len)
-                .map_err(|error| io_error("truncating", error))?;
-            file.sync_all()
-                .map_err(|error| io_error("fsync of", error))?;
-            findings.cut(RecoveryCut {
-                file: path.to_path_buf(),
-                offset: scan.valid_len,
-                bytes_cut,
-                records_lost,
-                reason: damage,
-            });
-        }
+            (file_len - scan.valid_len, records_lost, damage)
+        };
+        file.set_len(scan.valid_len)
+            .map_err(|error| io_error("truncating", error))?;
+        file.sync_all()
+            .map_err(|error| io_error("fsync of", error))?;
+        findings.cut(RecoveryCut {
+            file: path.to_path_buf(),
+            offset: scan.valid_len,
+            bytes_cut,
+            records_lost,
+            reason,
+        });
     }
     Ok(RecoveredSegment {
         segment: Some(Segment {
