@@ -16,6 +16,7 @@ use crate::state::Sim;
 struct Record {
     start_ms: i64,
     end_ms: Option<i64>,
+    ivr_only: bool,
     /// The serialised analytics conversation (kept as text: far smaller than a `Value`).
     body: String,
 }
@@ -40,6 +41,7 @@ impl History {
         let record = Record {
             start_ms: conv.start_ms,
             end_ms: conv.end_ms,
+            ivr_only: conv.ivr_only,
             body: conv.analytics_json().to_string(),
         };
         if self.records.insert(conv.id.clone(), record).is_none() {
@@ -64,6 +66,34 @@ impl History {
     pub fn len(&self) -> usize {
         self.order.len()
     }
+
+    /// The model's truth of every conversation kept, in start order.
+    pub fn truth(&self) -> Vec<ConversationTruth> {
+        self.order
+            .iter()
+            .filter_map(|id| {
+                self.records.get(id).map(|r| ConversationTruth {
+                    id: id.clone(),
+                    start_ms: r.start_ms,
+                    end_ms: r.end_ms,
+                    ivr_only: r.ivr_only,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What the model knows of one conversation: when it truly started and ended (epoch ms, the
+/// times its snapshots and the analytics query carry), for tests to compare a client's view with.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationTruth {
+    pub id: String,
+    pub start_ms: i64,
+    /// `None` while the conversation is still going.
+    pub end_ms: Option<i64>,
+    /// Ended in the IVR: never on a queue or user topic.
+    pub ivr_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +207,44 @@ pub(crate) async fn details_query(
     HttpResponse::Ok()
         .content_type("application/json")
         .body(body)
+}
+
+/// Largest number of ids `GET /api/v2/analytics/conversations/details` takes (Genesys: 100).
+const MAX_IDS: usize = 100;
+
+/// `GET /api/v2/analytics/conversations/details?id=a,b,…` ("Gets multiple conversations by
+/// id"): the ones the history knows, as `{"conversations":[…]}`. The ids come comma-separated
+/// (as the SDKs send them) or as repeated `id` parameters.
+pub(crate) async fn details_by_ids(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
+    let caller = match authenticate(&sim, &req) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let missing = caller.missing(&[PERM_CONVERSATION_DETAIL]);
+    if !missing.is_empty() {
+        return missing_permissions(&missing);
+    }
+    let ids: Vec<String> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .filter(|(k, _)| k == "id")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if ids.is_empty() || ids.len() > MAX_IDS {
+        return bad_request(format!("id: 1..={MAX_IDS} conversation ids are required"));
+    }
+    let history = sim.history.lock().expect("history lock");
+    let found: Vec<&str> = ids
+        .iter()
+        .filter_map(|id| history.records.get(id))
+        .map(|r| r.body.as_str())
+        .collect();
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(format!(r#"{{"conversations":[{}]}}"#, found.join(",")))
 }
 
 #[cfg(test)]

@@ -115,6 +115,14 @@ pub struct Branching {
     pub hold: f64,
     /// The agent blind-transfers the call to another queue (at most once per conversation).
     pub transfer: f64,
+    /// The customer hangs up in the IVR: the conversation never reaches a queue or an agent, so
+    /// no queue or user topic ever carries it (only the analytics query and detail events do).
+    pub ivr_only: f64,
+    /// The customer hangs up while waiting in the queue (before an agent is alerted).
+    pub abandon: f64,
+    /// After a snapshot, the previous snapshot of the same conversation is published again on
+    /// the same topics: delivery out of order, as Genesys does not guarantee order.
+    pub stale_snapshot: f64,
 }
 
 impl Default for Branching {
@@ -123,6 +131,9 @@ impl Default for Branching {
             no_answer: 0.1,
             hold: 0.3,
             transfer: 0.1,
+            ivr_only: 0.0,
+            abandon: 0.0,
+            stale_snapshot: 0.0,
         }
     }
 }
@@ -172,6 +183,13 @@ pub struct SimConfig {
     pub ledger_capacity: Option<usize>,
     /// Conversations kept for the analytics query (oldest dropped first).
     pub history_capacity: usize,
+    /// Snapshots go only to the topics of participants still engaged in the conversation (an
+    /// ACD participant waiting in its queue, an agent alerted or connected: queue and user
+    /// topics; an agent in after-call work: the user topic), plus those of participants who left
+    /// with this very change. With `false` (the default), every queue and user the conversation
+    /// ever had gets every snapshot. With `true`, a conversation transferred to a queue the
+    /// client does not subscribe disappears from its topics, as users of Genesys see it.
+    pub engaged_topics_only: bool,
     /// actix worker threads per listener.
     pub workers: usize,
 }
@@ -198,6 +216,7 @@ impl Default for SimConfig {
             correlation_per_channel: false,
             ledger_capacity: None,
             history_capacity: 50_000,
+            engaged_topics_only: false,
             workers: 1,
         }
     }
@@ -231,6 +250,19 @@ impl SimConfig {
         }
         if self.workers == 0 {
             anyhow::bail!("workers must be at least 1");
+        }
+        let b = &self.branching;
+        for (name, p) in [
+            ("no_answer", b.no_answer),
+            ("hold", b.hold),
+            ("transfer", b.transfer),
+            ("ivr_only", b.ivr_only),
+            ("abandon", b.abandon),
+            ("stale_snapshot", b.stale_snapshot),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                anyhow::bail!("branching.{name} must be a probability in 0..=1, got {p}");
+            }
         }
         Ok(())
     }

@@ -225,3 +225,10 @@ pub(crate) async fn info(sim: web::Data<Sim>) -> HttpResponse {
         "restRequests": sim.requests.lock().expect("requests lock").total(),
     }))
 }
+
+/// `GET /sim/conversations`: the model's truth of every conversation kept, in start order
+/// (`[{"id","startMs","endMs","ivrOnly"}]`).
+pub(crate) async fn conversations(sim: web::Data<Sim>) -> HttpResponse {
+    let truth = sim.history.lock().expect("history lock").truth();
+    HttpResponse::Ok().json(truth)
+}

@@ -46,6 +46,7 @@ mod ws;
 
 use std::sync::{Arc, Mutex};
 
+pub use analytics::ConversationTruth;
 pub use channel_log::{ChannelEvent, ChannelLogEntry, DetachCause};
 pub use channels::{ChannelDeath, ChannelInfo};
 pub use config::{
@@ -249,6 +250,12 @@ impl SimHandle {
     /// Conversations started so far (as kept for the analytics query).
     pub fn conversations_started(&self) -> usize {
         self.sim.history.lock().expect("history lock").len()
+    }
+
+    /// The model's truth of every conversation it started (kept as for the analytics query),
+    /// in start order: true start and end, and whether it ended in the IVR.
+    pub fn conversations(&self) -> Vec<ConversationTruth> {
+        self.sim.history.lock().expect("history lock").truth()
     }
 
     /// Stops the server and joins its thread (other clones become inert).

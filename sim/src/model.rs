@@ -163,6 +163,9 @@ pub(crate) struct Conversation {
     pub dnis: String,
     pub participants: Vec<Participant>,
     pub recording_state: &'static str,
+    /// The customer hangs up in the IVR (ground truth for tests: no queue or user topic ever
+    /// carries this conversation).
+    pub ivr_only: bool,
 }
 
 impl Conversation {
@@ -188,6 +191,48 @@ impl Conversation {
     /// Topics on which every change of this conversation is published, in a fixed order.
     pub fn snapshot_topics(&self) -> Vec<String> {
         let (queues, users) = self.queues_and_users();
+        let mut topics = Vec::with_capacity(2 * (queues.len() + users.len()));
+        for q in queues {
+            topics.push(format!("v2.routing.queues.{q}.conversations"));
+            topics.push(format!("v2.routing.queues.{q}.calls"));
+        }
+        for u in users {
+            topics.push(format!("v2.users.{u}.conversations"));
+            topics.push(format!("v2.users.{u}.calls"));
+        }
+        topics
+    }
+
+    /// Topics of the participants still engaged at `now_ms`, or who left at `now_ms` (see
+    /// `SimConfig::engaged_topics_only`), queues first, in participant order.
+    pub fn engaged_topics(&self, now_ms: i64) -> Vec<String> {
+        let mut queues: Vec<&str> = Vec::new();
+        let mut users: Vec<&str> = Vec::new();
+        fn add<'a>(list: &mut Vec<&'a str>, id: Option<&'a str>) {
+            if let Some(id) = id {
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+            }
+        }
+        for p in &self.participants {
+            let on_call = p.state != CallState::Disconnected || p.end_ms == Some(now_ms);
+            match p.purpose {
+                Purpose::Acd if on_call => add(&mut queues, p.queue_id.as_deref()),
+                Purpose::Agent if on_call => {
+                    add(&mut queues, p.queue_id.as_deref());
+                    add(&mut users, p.user_id.as_deref());
+                }
+                Purpose::Agent => {
+                    let in_acw = p.start_acw_ms.is_some()
+                        && p.wrapup.as_ref().is_none_or(|w| w.end_ms == now_ms);
+                    if in_acw {
+                        add(&mut users, p.user_id.as_deref());
+                    }
+                }
+                _ => {}
+            }
+        }
         let mut topics = Vec::with_capacity(2 * (queues.len() + users.len()));
         for q in queues {
             topics.push(format!("v2.routing.queues.{q}.conversations"));

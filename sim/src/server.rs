@@ -169,6 +169,10 @@ fn rest_routes(cfg: &mut web::ServiceConfig) {
             "/api/v2/notifications/availabletopics",
             web::get().to(rest::available_topics),
         )
+        .route(
+            "/api/v2/analytics/conversations/details",
+            web::get().to(analytics::details_by_ids),
+        )
         .route("/api/v2/routing/queues", web::get().to(rest::list_queues))
         .route("/api/v2/users", web::get().to(rest::list_users))
         .route(
@@ -185,6 +189,7 @@ fn rest_routes(cfg: &mut web::ServiceConfig) {
         .route("/sim/rate", web::post().to(control::set_rate))
         .route("/sim/queues", web::post().to(control::add_queue))
         .route("/sim/info", web::get().to(control::info))
+        .route("/sim/conversations", web::get().to(control::conversations))
         .default_service(web::to(|| async {
             HttpResponse::NotFound().json(serde_json::json!({
                 "message": "The requested resource was not found.",

@@ -355,3 +355,175 @@ async fn rate_zero_pauses_and_added_queues_get_traffic() {
         .iter()
         .all(|e| e.kind != FrameKind::Event || e.channel_id == chan || e.topic == topic));
 }
+
+/// Snapshot frames of the published log, by conversation: (topic, body).
+fn published_snapshots(sim: &SimHandle) -> HashMap<String, Vec<(String, Value)>> {
+    let mut by_conv: HashMap<String, Vec<(String, Value)>> = HashMap::new();
+    for e in sim.published() {
+        if !(e.topic.starts_with("v2.routing.queues.") || e.topic.starts_with("v2.users.")) {
+            continue;
+        }
+        if !e.topic.ends_with(".conversations") {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&e.frame).unwrap();
+        let body = v["eventBody"].clone();
+        let id = body["id"].as_str().unwrap().to_owned();
+        by_conv.entry(id).or_default().push((e.topic.clone(), body));
+    }
+    by_conv
+}
+
+fn latest_end_ms(body: &Value) -> Option<i64> {
+    body["participants"]
+        .as_array()?
+        .iter()
+        .map(|p| {
+            chrono::DateTime::parse_from_rfc3339(p["endTime"].as_str()?)
+                .ok()
+                .map(|t| t.timestamp_millis())
+        })
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .max()
+}
+
+#[actix_rt::test]
+async fn ivr_only_abandons_stale_snapshots_engaged_topics_and_the_ground_truth() {
+    let sim = start(SimConfig {
+        queues: 3,
+        agents: 12,
+        engaged_topics_only: true,
+        branching: genesys_sim::Branching {
+            ivr_only: 0.25,
+            abandon: 0.25,
+            stale_snapshot: 0.2,
+            transfer: 0.3,
+            ..Default::default()
+        },
+        ..fast_config()
+    });
+    sim.set_rate(10.0);
+    until("40 conversations", || sim.conversations_started() >= 40).await;
+    sim.set_rate(0.0);
+    until("every conversation ended", || {
+        sim.conversations().iter().all(|c| c.end_ms.is_some())
+    })
+    .await;
+    let truth = sim.conversations();
+    let snapshots = published_snapshots(&sim);
+    let ivr_only: Vec<_> = truth.iter().filter(|c| c.ivr_only).collect();
+    assert!(!ivr_only.is_empty(), "some conversations end in the IVR");
+    for c in &truth {
+        let seen = snapshots.get(&c.id);
+        if c.ivr_only {
+            assert!(seen.is_none(), "{}: IVR-only, yet on {seen:?}", c.id);
+            continue;
+        }
+        let seen = seen.unwrap_or_else(|| panic!("{}: never on a topic", c.id));
+        // The model's start is the customer's connect, in every snapshot.
+        let first = &seen[0].1;
+        let start = first["participants"][0]["connectedTime"].as_str().unwrap();
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(start)
+                .unwrap()
+                .timestamp_millis(),
+            c.start_ms
+        );
+        // The end is published (on the topic of whoever left last), with the model's end.
+        let end = seen.iter().filter_map(|(_, b)| latest_end_ms(b)).max();
+        assert_eq!(end, c.end_ms, "{}", c.id);
+    }
+    // Abandons in queue: an acd.end with acdOutcome ABANDONED and no agent ever alerted.
+    let abandoned = sim
+        .published()
+        .into_iter()
+        .filter(|e| e.topic.ends_with(".acd.end"))
+        .filter(|e| e.frame.contains("\"ABANDONED\""))
+        .count();
+    assert!(abandoned > 0, "some customers abandon in queue");
+    // Stale snapshots: a body published again after a newer one on the same topic.
+    let stale = snapshots
+        .values()
+        .flat_map(|frames| {
+            frames.iter().enumerate().filter(move |(i, (topic, body))| {
+                frames[..*i].iter().any(|(t, b)| t == topic && b == body)
+            })
+        })
+        .count();
+    assert!(stale > 0, "some snapshots arrive out of order");
+    // Engaged topics only: a queue topic carries a snapshot only while an ACD or agent
+    // participant of that queue is on the call, or has just left with this change; once the
+    // conversation is over, the wrap-up snapshots go to the agents' user topics alone, so each
+    // queue topic sees at most one distinct snapshot with every participant ended.
+    let mut over_on_queue_topics = 0;
+    for frames in snapshots.values() {
+        let mut finished: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for (topic, body) in frames {
+            let Some(queue) = topic
+                .strip_prefix("v2.routing.queues.")
+                .and_then(|t| t.strip_suffix(".conversations"))
+            else {
+                continue;
+            };
+            let latest = latest_end_ms(body);
+            let parts = body["participants"].as_array().unwrap();
+            let engaged = parts
+                .iter()
+                .filter(|p| p["purpose"] == "acd" || p["purpose"] == "agent")
+                .filter(|p| p["queueId"] == queue)
+                .any(|p| match p["endTime"].as_str() {
+                    None => true,
+                    Some(end) => {
+                        let end = chrono::DateTime::parse_from_rfc3339(end)
+                            .unwrap()
+                            .timestamp_millis();
+                        parts
+                            .iter()
+                            .filter_map(|q| q["endTime"].as_str())
+                            .map(|e| {
+                                chrono::DateTime::parse_from_rfc3339(e)
+                                    .unwrap()
+                                    .timestamp_millis()
+                            })
+                            .max()
+                            == Some(end)
+                    }
+                });
+            assert!(engaged, "{topic}: {body}");
+            if latest.is_some() {
+                let bodies = finished.entry(topic.as_str()).or_default();
+                if !bodies.contains(&body) {
+                    bodies.push(body);
+                }
+            }
+        }
+        for (topic, bodies) in finished {
+            assert_eq!(bodies.len(), 1, "{topic}: {bodies:?}");
+            over_on_queue_topics += 1;
+        }
+    }
+    assert!(over_on_queue_topics > 0);
+
+    // Ground truth over HTTP, and the details-by-id lookup.
+    let (status, listed) = get_json(&format!("{}/sim/conversations", sim.base_url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().unwrap().len(), truth.len());
+    assert_eq!(listed[0]["startMs"], truth[0].start_ms);
+    let api = Api::login(&sim.base_url()).await;
+    let ids = format!("{},{},unknown-id", truth[0].id, truth[1].id);
+    let resp = api
+        .get(&format!("/api/v2/analytics/conversations/details?id={ids}"))
+        .await;
+    assert_eq!(resp.status, 200);
+    let found: Vec<&str> = resp.body["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conversationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, [truth[0].id.as_str(), truth[1].id.as_str()]);
+    assert!(resp.body["conversations"][0]["conversationEnd"].is_string());
+    let resp = api.get("/api/v2/analytics/conversations/details").await;
+    assert_eq!(resp.status, 400, "ids are required");
+}

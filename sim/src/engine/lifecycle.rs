@@ -55,10 +55,13 @@ impl Engine {
         self.next_conv += 1;
         let conversation_id = ids::uuid(&mut self.rng);
         let ani = format!("tel:+1555{:07}", self.rng.gen_range(0..10_000_000u32));
+        let ivr_only = self.branching.ivr_only > 0.0 && self.rng.gen_bool(self.branching.ivr_only);
+        // A customer headed for a queue carries it from the start; one who hangs up in the IVR
+        // never has one.
         let customer = self.new_participant(
             Purpose::Customer,
             "Customer".into(),
-            Some(queue),
+            (!ivr_only).then_some(queue),
             None,
             CallState::Connected,
         );
@@ -78,6 +81,7 @@ impl Engine {
             dnis: "tel:+18005550100".into(),
             participants: vec![customer, ivr],
             recording_state: "none",
+            ivr_only,
         };
         self.convs.insert(
             id,
@@ -91,6 +95,7 @@ impl Engine {
                 transfers: 0,
                 no_answers: 0,
                 pending_wrapups: 0,
+                last_snapshot: None,
             },
         );
         self.detail(id, 0, "customer.start", vec![]);
@@ -102,9 +107,14 @@ impl Engine {
 
     pub(super) fn ivr_done(&mut self, id: u64) {
         let now = self.now_ms();
-        let Some(queue) = self.convs.get(&id).map(|a| a.queue) else {
+        let Some((queue, ivr_only)) = self.convs.get(&id).map(|a| (a.queue, a.conv.ivr_only))
+        else {
             return;
         };
+        if ivr_only {
+            self.hang_up_in_ivr(id);
+            return;
+        }
         let acd = self.new_participant(
             Purpose::Acd,
             self.queues[queue].name.clone(),
@@ -122,7 +132,79 @@ impl Engine {
         self.detail(id, acd_index, "acd.start", vec![]);
         self.snapshot(id);
         let wait = self.sample(self.stages.queue);
+        if self.branching.abandon > 0.0 && self.rng.gen_bool(self.branching.abandon) {
+            // Hangs up before the earliest moment an agent could be offered the call.
+            self.schedule(wait / 2, Action::Abandon(id));
+        }
         self.schedule(wait, Action::Route(id));
+    }
+
+    /// The customer hangs up in the IVR: the IVR and the customer end, nothing else happened.
+    fn hang_up_in_ivr(&mut self, id: u64) {
+        let now = self.now_ms();
+        let active = self.convs.get_mut(&id).expect("active");
+        let customer = &mut active.conv.participants[0];
+        let interacting_ms = now - customer.connected_ms.unwrap_or(now);
+        customer.end(now, Disconnect::Endpoint);
+        active.conv.participants[1].end(now, Disconnect::Peer);
+        active.conv.end_ms = Some(now);
+        self.detail(
+            id,
+            0,
+            "customer.end",
+            vec![
+                ("disconnectType", json!(Disconnect::Endpoint.detail())),
+                ("interactingDurationMs", json!(interacting_ms)),
+            ],
+        );
+        self.snapshot(id);
+        self.convs.remove(&id);
+    }
+
+    /// The customer hangs up while waiting in the queue (no agent alerted at the moment).
+    pub(super) fn abandon(&mut self, id: u64) {
+        let now = self.now_ms();
+        let Some(active) = self.convs.get_mut(&id) else {
+            return;
+        };
+        let (Some(acd), None) = (active.acd, active.agent) else {
+            return;
+        };
+        let queue = active.queue;
+        let customer = &mut active.conv.participants[0];
+        let interacting_ms = now - customer.connected_ms.unwrap_or(now);
+        customer.end(now, Disconnect::Endpoint);
+        let acd_p = &mut active.conv.participants[acd];
+        let acd_connected_ms = acd_p.connected_ms.unwrap_or(now);
+        acd_p.end(now, Disconnect::Peer);
+        active.acd = None;
+        active.conv.end_ms = Some(now);
+        let counts = &mut self.queues[queue].counts;
+        counts.waiting = counts.waiting.saturating_sub(1);
+        self.waiting.retain(|c| *c != id);
+        self.observation_changed(queue);
+        self.detail(
+            id,
+            acd,
+            "acd.end",
+            vec![
+                ("disconnectType", json!(Disconnect::Peer.detail())),
+                ("acdOutcome", json!("ABANDONED")),
+                ("connectedDurationMs", json!(now - acd_connected_ms)),
+                ("requestedRoutings", json!(["Standard"])),
+            ],
+        );
+        self.detail(
+            id,
+            0,
+            "customer.end",
+            vec![
+                ("disconnectType", json!(Disconnect::Endpoint.detail())),
+                ("interactingDurationMs", json!(interacting_ms)),
+            ],
+        );
+        self.snapshot(id);
+        self.convs.remove(&id);
     }
 
     /// Offers waiting conversations to idle agents, oldest conversation first.

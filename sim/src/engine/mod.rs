@@ -40,6 +40,7 @@ enum Action {
         generation: u64,
     },
     IvrDone(u64),
+    Abandon(u64),
     Route(u64),
     AlertDone(u64),
     HoldStart(u64),
@@ -65,6 +66,8 @@ struct Active {
     transfers: u8,
     no_answers: u8,
     pending_wrapups: u8,
+    /// The last snapshot published and its topics (for `Branching::stale_snapshot`).
+    last_snapshot: Option<(String, Vec<String>)>,
 }
 
 struct QueueSlot {
@@ -243,6 +246,7 @@ impl Engine {
             Action::Arrival { generation } if generation == self.generation => self.arrival(),
             Action::Arrival { .. } => {}
             Action::IvrDone(c) => self.ivr_done(c),
+            Action::Abandon(c) => self.abandon(c),
             Action::Route(c) => {
                 self.waiting.push_back(c);
                 self.dispatch();
@@ -306,13 +310,27 @@ impl Engine {
     /// Publishes the conversation snapshot on its queue and user topics, and records it for
     /// the analytics query.
     fn snapshot(&mut self, id: u64) {
-        let Some(active) = self.convs.get(&id) else {
+        let now = self.now_ms();
+        let stale = self.branching.stale_snapshot;
+        let Some(active) = self.convs.get_mut(&id) else {
             return;
         };
         let conv = &active.conv;
-        let topics = conv.snapshot_topics();
-        publish(&self.sim, &mut self.rng, &topics, || conv.snapshot_json());
+        let topics = if self.sim.cfg.engaged_topics_only {
+            conv.engaged_topics(now)
+        } else {
+            conv.snapshot_topics()
+        };
+        let body = conv.snapshot_json();
+        publish(&self.sim, &mut self.rng, &topics, || body.clone());
         self.sim.history.lock().expect("history lock").upsert(conv);
+        // A late copy of the previous snapshot, on the topics it was sent to then.
+        let previous = active.last_snapshot.replace((body, topics));
+        if let Some((body, topics)) = previous {
+            if stale > 0.0 && self.rng.gen_bool(stale) {
+                publish(&self.sim, &mut self.rng, &topics, || body);
+            }
+        }
     }
 }
 
