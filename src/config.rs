@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use genesys_actors::backfill::BackfillSettings;
+use genesys_actors::backfill::reconcile::ReconcileSettings;
+use genesys_actors::backfill::{BackfillSettings, RequestBudget};
 use genesys_actors::backoff::ExponentialBackoff;
+use genesys_actors::conversations::{LifecycleSettings, Rules};
 use genesys_actors::genesys::endpoints::Endpoints;
 use genesys_actors::producer::routing::{Route, Router};
 use genesys_actors::producer::KafkaSettings;
@@ -46,6 +48,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub backfill: BackfillConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub debug: DebugConfig,
 }
@@ -87,6 +91,58 @@ impl Default for BackfillConfig {
             page_size: 100,
             requests_per_minute: 60,
             max_attempts: 10,
+        }
+    }
+}
+
+/// The conversation lifecycle stream: `conversation.started` / `conversation.ended` (and
+/// `conversation.wrapup`) derived from the snapshots, completed by reconciliation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    pub enabled: bool,
+    /// Kafka topic of the lifecycle records (keyed by conversation id).
+    pub topic: String,
+    /// Also write `conversation.wrapup` when an agent's wrap-up code is known.
+    pub wrapup: bool,
+    /// Put the ANI and DNIS (phone numbers: personal data) into the records.
+    pub include_addresses: bool,
+    /// How often the lifecycle state is checkpointed; a restart replays at most this much.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// How long ended conversations are remembered (a late snapshot does not start them again).
+    #[serde(with = "humantime_serde")]
+    pub remember_ended: Duration,
+    /// Open conversations without any news for this long are given up.
+    #[serde(with = "humantime_serde")]
+    pub max_open: Duration,
+    /// Reconcile against the analytics details query (needs `analytics:conversationDetail:view`).
+    pub reconcile: bool,
+    /// How often reconciliation runs.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Only conversations that started at least this long ago are queried (analytics lags).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_settle: Duration,
+    /// An open conversation without a snapshot for this long is looked up in analytics.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_quiet_after: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            topic: "genesys.conversations.lifecycle".into(),
+            wrapup: true,
+            include_addresses: false,
+            checkpoint_interval: Duration::from_secs(5),
+            remember_ended: Duration::from_secs(2 * 3600),
+            max_open: Duration::from_secs(48 * 3600),
+            reconcile: true,
+            reconcile_interval: Duration::from_secs(300),
+            reconcile_settle: Duration::from_secs(120),
+            reconcile_quiet_after: Duration::from_secs(900),
         }
     }
 }
@@ -710,6 +766,34 @@ impl Config {
         if b.enabled && b.topic.trim().is_empty() {
             return Err(invalid("backfill.topic", "must not be empty"));
         }
+        let l = &self.lifecycle;
+        if l.enabled {
+            if l.topic.trim().is_empty() {
+                return Err(invalid("lifecycle.topic", "must not be empty"));
+            }
+            for (key, value) in [
+                ("lifecycle.checkpoint_interval", l.checkpoint_interval),
+                ("lifecycle.remember_ended", l.remember_ended),
+                ("lifecycle.max_open", l.max_open),
+                ("lifecycle.reconcile_interval", l.reconcile_interval),
+            ] {
+                if value.is_zero() {
+                    return Err(invalid(key, "must be greater than zero"));
+                }
+            }
+            if l.checkpoint_interval > Duration::from_secs(300) {
+                return Err(invalid(
+                    "lifecycle.checkpoint_interval",
+                    "must be at most 5m (acknowledged spool records are kept until the next checkpoint)",
+                ));
+            }
+            if l.remember_ended < l.reconcile_settle + l.reconcile_interval {
+                return Err(invalid(
+                    "lifecycle.remember_ended",
+                    "must be at least reconcile_settle + reconcile_interval, or reconciliation could end a conversation a second time",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -790,6 +874,7 @@ impl Config {
                 router: Router::new(&self.kafka.routes, &self.kafka.default_topic),
                 status_topic: self.kafka.status_topic.clone(),
                 backfill_topic: self.backfill.enabled.then(|| self.backfill.topic.clone()),
+                lifecycle_topic: self.lifecycle.topic.clone(),
                 dead_letter_topic: self.kafka.dead_letter_topic.clone(),
                 dead_letter_file,
                 max_in_flight: self.kafka.max_in_flight,
@@ -833,6 +918,28 @@ impl Config {
                     allow_fault_injection: fault_injection,
                 })
             }),
+            lifecycle: self.lifecycle.enabled.then_some(LifecycleSettings {
+                rules: Rules {
+                    wrapup: self.lifecycle.wrapup,
+                    addresses: self.lifecycle.include_addresses,
+                },
+                checkpoint_interval: self.lifecycle.checkpoint_interval,
+                remember_ended: self.lifecycle.remember_ended,
+                max_open: self.lifecycle.max_open,
+            }),
+            reconcile: (self.lifecycle.enabled && self.lifecycle.reconcile).then(|| {
+                Arc::new(ReconcileSettings {
+                    endpoints: self.endpoints().expect("validated"),
+                    request_timeout: self.genesys.request_timeout,
+                    interval: self.lifecycle.reconcile_interval,
+                    settle: self.lifecycle.reconcile_settle,
+                    quiet_after: self.lifecycle.reconcile_quiet_after,
+                    lookback: self.lifecycle.remember_ended / 2,
+                    page_size: self.backfill.page_size,
+                    backoff: s.backoff,
+                })
+            }),
+            request_budget: RequestBudget::new(self.backfill.requests_per_minute),
             allow_fault_injection: fault_injection,
         })
     }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use genesys_sim::{FrameKind, SimConfig, SimHandle, Simulator};
+use genesys_sim::{ConversationTruth, FrameKind, SimConfig, SimHandle, Simulator};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -20,13 +20,17 @@ use crate::config::{Config, Credentials};
 use genesys_actors::secret::Secret;
 
 /// Kafka topics the demo routes to.
-const TOPICS: [&str; 5] = [
+const TOPICS: [&str; 6] = [
     "genesys.queue-conversations",
     "genesys.user-conversations",
     "genesys.queue-observations",
     "genesys.bridge.status",
     "genesys.deadletter",
+    LIFECYCLE_TOPIC,
 ];
+
+/// The demo's `[lifecycle] topic`.
+const LIFECYCLE_TOPIC: &str = "genesys.conversations.lifecycle";
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -75,6 +79,12 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         rate_per_sec: args.rate,
         heartbeat_interval: Duration::from_secs(5),
         socket_closing_grace: Duration::from_secs(3),
+        branching: genesys_sim::Branching {
+            ivr_only: 0.1,
+            abandon: 0.05,
+            stale_snapshot: 0.02,
+            ..Default::default()
+        },
         ..SimConfig::default()
     })?);
     let mock = match &args.brokers {
@@ -129,8 +139,9 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })),
     );
     let elapsed = started.elapsed();
+    let stopped_ms = chrono::Utc::now().timestamp_millis();
     eprintln!();
-    summary(&sim, &brokers, elapsed)?;
+    summary(&sim, &brokers, elapsed, stopped_ms)?;
     drop(mock);
     Ok(code)
 }
@@ -181,9 +192,19 @@ listen = "{http}"
 
 [supervisor]
 shutdown_deadline = "10s"
+
+[lifecycle]
+enabled = true
+topic = "{lifecycle_topic}"
+checkpoint_interval = "1s"
+remember_ended = "1h"
+reconcile_interval = "10s"
+reconcile_settle = "2s"
+reconcile_quiet_after = "30s"
 "#,
         api = sim.base_url(),
         spool = spool.display(),
+        lifecycle_topic = LIFECYCLE_TOPIC,
     );
     Ok(Config::parse(&text, std::path::Path::new("<demo>"))?)
 }
@@ -304,7 +325,12 @@ fn consume_all(brokers: &str) -> anyhow::Result<HashMap<String, Vec<Vec<u8>>>> {
     Ok(records)
 }
 
-fn summary(sim: &SimHandle, brokers: &str, elapsed: Duration) -> anyhow::Result<()> {
+fn summary(
+    sim: &SimHandle,
+    brokers: &str,
+    elapsed: Duration,
+    stopped_ms: i64,
+) -> anyhow::Result<()> {
     let mut sent: HashMap<String, usize> = HashMap::new();
     for entry in sim
         .ledger()
@@ -318,7 +344,10 @@ fn summary(sim: &SimHandle, brokers: &str, elapsed: Duration) -> anyhow::Result<
     let mut per_topic: BTreeMap<String, usize> = BTreeMap::new();
     for (topic, values) in &records {
         per_topic.insert(topic.clone(), values.len());
-        if topic == "genesys.bridge.status" || topic == "genesys.deadletter" {
+        if topic == "genesys.bridge.status"
+            || topic == "genesys.deadletter"
+            || topic == LIFECYCLE_TOPIC
+        {
             continue;
         }
         for value in values {
@@ -347,5 +376,61 @@ fn summary(sim: &SimHandle, brokers: &str, elapsed: Duration) -> anyhow::Result<
     if missing == 0 {
         println!("  every event the simulator sent is in Kafka.");
     }
+    lifecycle_summary(
+        sim,
+        records.get(LIFECYCLE_TOPIC).map_or(&[][..], |v| &v[..]),
+        stopped_ms,
+    );
     Ok(())
+}
+
+/// The lifecycle topic against the simulator's ground truth (conversations the model ended
+/// while the bridge ran): how many got their `conversation.ended`, how many with the model's start
+/// and end to the millisecond, and how many of the rest ended in the IVR (no queue or user topic
+/// carries those: reconciliation reports them after `reconcile_interval`).
+fn lifecycle_summary(sim: &SimHandle, values: &[Vec<u8>], stopped_ms: i64) {
+    let ms = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    };
+    let mut started: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut ended: HashMap<String, serde_json::Value> = HashMap::new();
+    for value in values {
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(value) else {
+            continue;
+        };
+        let id = record["conversationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match record["type"].as_str() {
+            Some("conversation.started") => started.insert(id, record),
+            Some("conversation.ended") => ended.insert(id, record),
+            _ => None,
+        };
+    }
+    let truth = sim.conversations();
+    let model_ended: Vec<_> = truth
+        .iter()
+        .filter(|c| c.end_ms.is_some_and(|end| end < stopped_ms))
+        .collect();
+    let (with_end, without): (Vec<&ConversationTruth>, Vec<&ConversationTruth>) = model_ended
+        .iter()
+        .copied()
+        .partition(|c| ended.contains_key(&c.id));
+    let exact = with_end
+        .iter()
+        .filter(|c| {
+            let r = &ended[&c.id];
+            ms(&r["startTime"]) == Some(c.start_ms) && ms(&r["endTime"]) == c.end_ms
+        })
+        .count();
+    let ivr_only = without.iter().filter(|c| c.ivr_only).count();
+    let row = |what: &str, n: usize| println!("  {what:<40} {n:>9}");
+    row("conversation.started records (distinct)", started.len());
+    row("conversations the model ended", model_ended.len());
+    row("  with conversation.ended in Kafka", with_end.len());
+    row("  of those, with the model's times", exact);
+    row("  not yet, ended in the IVR", ivr_only);
 }

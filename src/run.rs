@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use actix::{Actor, Addr, System};
 use genesys_actors::backfill::queue::BackfillQueue;
+use genesys_actors::conversations::Conversations;
 use genesys_actors::health::Health;
 use genesys_actors::metrics::Metrics;
 use genesys_actors::spool::Spool;
@@ -86,6 +87,8 @@ pub struct Running {
     pub health: Health,
     pub metrics: Arc<Metrics>,
     pub spool: Spool,
+    /// The lifecycle stream's state (`None` when disabled).
+    pub conversations: Option<Conversations>,
     pub server: actix_web::dev::ServerHandle,
     /// Where HTTP listens (the real port when the config asked for port 0).
     pub http_addr: std::net::SocketAddr,
@@ -115,6 +118,9 @@ impl Running {
                 unacked = stats.records_unacked,
                 "shutdown deadline reached; unflushed records stay in the spool for the next start"
             );
+        }
+        if let Some(conversations) = &self.conversations {
+            conversations.close();
         }
         self.server.stop(true).await;
         flushed
@@ -162,6 +168,28 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
     } else {
         None
     };
+    // Before anything appends or acknowledges: the lifecycle state holds the spool from its
+    // checkpoint on and replays what came after it.
+    let conversations = match settings.lifecycle.clone() {
+        Some(lifecycle) => match Conversations::open(spool.clone(), lifecycle, metrics.clone()) {
+            Ok((conversations, report)) => {
+                tracing::info!(
+                    conversations = report.conversations,
+                    replayed = report.records_replayed,
+                    "lifecycle state loaded"
+                );
+                Some(conversations)
+            }
+            Err(error) => {
+                eprintln!(
+                    "cannot open the lifecycle state in {}: {error}",
+                    config.spool.dir.display()
+                );
+                return Err(ExitCode::from(EXIT_SPOOL));
+            }
+        },
+        None => None,
+    };
     // HTTP first, so that probes answer while everything else starts.
     let supervisor = Supervisor::new(
         settings,
@@ -169,6 +197,7 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
         health.clone(),
         metrics.clone(),
         backfill_queue,
+        conversations.clone(),
     );
     let supervisor_addr = Supervisor::start(supervisor);
     let state = HttpState {
@@ -194,6 +223,7 @@ fn start(config: &Config, settings: BridgeSettings) -> Result<Running, ExitCode>
         health,
         metrics,
         spool,
+        conversations,
         server: handle,
         http_addr,
     })

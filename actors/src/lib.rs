@@ -10,6 +10,7 @@
 
 pub mod backfill;
 pub mod backoff;
+pub mod conversations;
 pub mod disk_reserve;
 pub mod genesys;
 pub mod health;

@@ -31,6 +31,14 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LifecycleLabel {
+    /// `conversation.started`, `conversation.ended`, `conversation.wrapup`.
+    pub kind: String,
+    /// `stream`, `backfill`, `reconciliation`.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabel {
     pub actor: String,
 }
@@ -81,6 +89,17 @@ pub struct Metrics {
     pub backfill_conversations: Counter,
     pub backfill_requests: Counter,
     pub backfill_failures: Counter,
+    pub conversations_open: Gauge,
+    pub conversations_known: Gauge,
+    pub lifecycle_records: Family<LifecycleLabel, Counter>,
+    pub conversations_abandoned: Counter,
+    pub lifecycle_checkpoint_failures: Counter,
+    pub lifecycle_checkpoint_age: Gauge<f64, AtomicU64>,
+    pub reconciliation_runs: Counter,
+    pub reconciliation_requests: Counter,
+    pub reconciliation_failures: Counter,
+    pub reconciliation_findings: Family<KindLabel, Counter>,
+    pub reconciliation_watched: Gauge,
 }
 
 impl Metrics {
@@ -130,6 +149,17 @@ impl Metrics {
             backfill_conversations: Counter::default(),
             backfill_requests: Counter::default(),
             backfill_failures: Counter::default(),
+            conversations_open: Gauge::default(),
+            conversations_known: Gauge::default(),
+            lifecycle_records: Family::default(),
+            conversations_abandoned: Counter::default(),
+            lifecycle_checkpoint_failures: Counter::default(),
+            lifecycle_checkpoint_age: Gauge::default(),
+            reconciliation_runs: Counter::default(),
+            reconciliation_requests: Counter::default(),
+            reconciliation_failures: Counter::default(),
+            reconciliation_findings: Family::default(),
+            reconciliation_watched: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -355,6 +385,61 @@ impl Metrics {
             "Failed analytics API requests of backfill",
             metrics.backfill_failures.clone(),
         );
+        registry.register(
+            "conversations_open",
+            "Conversations started and not yet ended, as the lifecycle stream knows them",
+            metrics.conversations_open.clone(),
+        );
+        registry.register(
+            "conversations_known",
+            "Conversations in the lifecycle state: open, and ended ones still remembered",
+            metrics.conversations_known.clone(),
+        );
+        registry.register(
+            "lifecycle_records",
+            "Lifecycle records written to the spool, by type and source",
+            metrics.lifecycle_records.clone(),
+        );
+        registry.register(
+            "conversations_abandoned",
+            "Open conversations given up after lifecycle.max_open without a snapshot or an end from analytics",
+            metrics.conversations_abandoned.clone(),
+        );
+        registry.register(
+            "lifecycle_checkpoint_failures",
+            "Failed writes of the lifecycle checkpoint (conversations.json)",
+            metrics.lifecycle_checkpoint_failures.clone(),
+        );
+        registry.register(
+            "lifecycle_checkpoint_age_seconds",
+            "Seconds since the lifecycle checkpoint was last written",
+            metrics.lifecycle_checkpoint_age.clone(),
+        );
+        registry.register(
+            "reconciliation_runs",
+            "Completed reconciliation runs against the analytics API",
+            metrics.reconciliation_runs.clone(),
+        );
+        registry.register(
+            "reconciliation_requests",
+            "Analytics API requests made by reconciliation",
+            metrics.reconciliation_requests.clone(),
+        );
+        registry.register(
+            "reconciliation_failures",
+            "Failed analytics API requests of reconciliation",
+            metrics.reconciliation_failures.clone(),
+        );
+        registry.register(
+            "reconciliation_findings",
+            "Lifecycle records reconciliation wrote, by kind (started, ended)",
+            metrics.reconciliation_findings.clone(),
+        );
+        registry.register(
+            "reconciliation_watched",
+            "Conversations reconciliation waits to see end in analytics",
+            metrics.reconciliation_watched.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -391,6 +476,13 @@ impl Metrics {
     pub fn shard(shard: u32) -> ShardLabel {
         ShardLabel {
             shard: shard.to_string(),
+        }
+    }
+
+    pub fn lifecycle(kind: &str, source: &str) -> LifecycleLabel {
+        LifecycleLabel {
+            kind: kind.to_string(),
+            source: source.to_string(),
         }
     }
 

@@ -14,8 +14,11 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use crate::backfill::queue::BackfillQueue;
+use crate::backfill::reconcile::{ReconcileActor, ReconcileSettings};
+use crate::backfill::RequestBudget;
 use crate::backfill::{BackfillActor, BackfillSettings};
 use crate::backoff::ExponentialBackoff;
+use crate::conversations::{Conversations, LifecycleSettings};
 use crate::genesys::rest::GenesysClient;
 use crate::health::Health;
 use crate::heartbeat::HeartbeatActor;
@@ -114,6 +117,12 @@ pub struct BridgeSettings {
     pub supervisor: SupervisorSettings,
     /// Backfill of gaps from the analytics API; `None` when disabled.
     pub backfill: Option<Arc<BackfillSettings>>,
+    /// The conversation lifecycle stream; `None` when disabled.
+    pub lifecycle: Option<LifecycleSettings>,
+    /// Reconciliation of the lifecycle stream; `None` when disabled.
+    pub reconcile: Option<Arc<ReconcileSettings>>,
+    /// The analytics request budget backfill and reconciliation share.
+    pub request_budget: RequestBudget,
     pub allow_fault_injection: bool,
 }
 
@@ -128,6 +137,7 @@ enum ChildId {
     Token,
     Heartbeat,
     Backfill,
+    Reconcile,
     Socket(u32),
 }
 
@@ -138,6 +148,7 @@ impl ChildId {
             ChildId::Token => "token",
             ChildId::Heartbeat => "heartbeat",
             ChildId::Backfill => "backfill",
+            ChildId::Reconcile => "reconcile",
             ChildId::Socket(_) => "socket",
         }
     }
@@ -148,6 +159,7 @@ impl ChildId {
             "token" => Some(ChildId::Token),
             "heartbeat" => Some(ChildId::Heartbeat),
             "backfill" => Some(ChildId::Backfill),
+            "reconcile" => Some(ChildId::Reconcile),
             other => other
                 .strip_prefix("socket")
                 .map(|n| n.trim_start_matches('-').parse().unwrap_or(0))
@@ -177,6 +189,8 @@ pub struct Supervisor {
     expanding: bool,
     backfill_queue: Option<BackfillQueue>,
     backfill: Option<Addr<BackfillActor>>,
+    reconcile: Option<Addr<ReconcileActor>>,
+    conversations: Option<Conversations>,
     /// Every shard's durable state (last frame, open gap, drop span, waiting status records).
     states: ShardStates,
     budget: ChannelBudget,
@@ -196,6 +210,7 @@ impl Supervisor {
         health: Health,
         metrics: Arc<Metrics>,
         backfill_queue: Option<BackfillQueue>,
+        conversations: Option<Conversations>,
     ) -> Self {
         let states = ShardStates::open(spool.dir(), Some(spool.disk_reserve()));
         let budget = ChannelBudget::new(settings.topics.channel_budget);
@@ -218,6 +233,8 @@ impl Supervisor {
             refused_topic_updates: HashMap::new(),
             backfill_queue,
             backfill: None,
+            reconcile: None,
+            conversations,
         }
     }
 
@@ -271,10 +288,33 @@ impl Supervisor {
                 else {
                     return;
                 };
+                let budget = settings.request_budget.clone();
+                let conversations = self.conversations.clone();
                 let addr = BackfillActor::start_in_arbiter(&handle, move |_| {
-                    BackfillActor::new(backfill, queue, spool, token, metrics)
+                    BackfillActor::new(
+                        backfill,
+                        queue,
+                        spool,
+                        token,
+                        metrics,
+                        budget,
+                        conversations,
+                    )
                 });
                 self.backfill = Some(addr);
+            }
+            ChildId::Reconcile => {
+                let (Some(reconcile), Some(conversations)) =
+                    (settings.reconcile.clone(), self.conversations.clone())
+                else {
+                    return;
+                };
+                let budget = settings.request_budget.clone();
+                let dir = spool.dir().to_path_buf();
+                let addr = ReconcileActor::start_in_arbiter(&handle, move |_| {
+                    ReconcileActor::new(reconcile, conversations, token, metrics, budget, &dir)
+                });
+                self.reconcile = Some(addr);
             }
             ChildId::Socket(shard) => {
                 let topics = self.shards.get(shard as usize).cloned().unwrap_or_default();
@@ -295,6 +335,7 @@ impl Supervisor {
                     budget: self.budget.clone(),
                     states: self.states.clone(),
                     backfill: self.backfill_queue.clone(),
+                    conversations: self.conversations.clone(),
                 };
                 let addr = SocketActor::start_in_arbiter(&handle, move |_| {
                     SocketActor::new(shard, topics, legs, start_kind, context)
@@ -326,6 +367,7 @@ impl Supervisor {
             ChildId::Token => self.peers.token.get().is_some(),
             ChildId::Heartbeat => self.peers.heartbeat.get().is_some(),
             ChildId::Backfill => self.backfill.as_ref().is_some_and(|a| a.connected()),
+            ChildId::Reconcile => self.reconcile.as_ref().is_some_and(|a| a.connected()),
             ChildId::Socket(shard) => self
                 .peers
                 .socket(shard)
@@ -592,6 +634,9 @@ impl Actor for Supervisor {
         if self.settings.backfill.is_some() && self.backfill_queue.is_some() {
             self.start_child(ChildId::Backfill);
         }
+        if self.settings.reconcile.is_some() && self.conversations.is_some() {
+            self.start_child(ChildId::Reconcile);
+        }
         self.expand_topics(ctx);
         ctx.run_interval(self.settings.supervisor.watch_interval, |actor, ctx| {
             actor.watch(ctx)
@@ -811,6 +856,7 @@ impl Handler<FaultActor> for Supervisor {
                 Some(addr) => addr.try_send(msg.fault).map_err(|_| SlotError::Full),
                 None => return false,
             },
+            ChildId::Reconcile => return false,
             ChildId::Socket(shard) => match self.peers.socket(shard) {
                 Some(slot) => slot.try_send(msg.fault, metrics),
                 None => return false,

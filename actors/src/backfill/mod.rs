@@ -10,6 +10,7 @@
 
 pub mod query;
 pub mod queue;
+pub mod reconcile;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use chrono::Utc;
 use serde_json::{json, value::RawValue};
 
 use crate::backoff::ExponentialBackoff;
+use crate::conversations::{observe, Conversations, Source};
 use crate::genesys::endpoints::Endpoints;
 use crate::genesys::rest::{GenesysClient, RestError};
 use crate::messages::{AreYouAlive, InjectFault};
@@ -67,6 +69,8 @@ pub struct BackfillActor {
     spool: Spool,
     token: TokenCell,
     metrics: Arc<Metrics>,
+    budget: RequestBudget,
+    conversations: Option<Conversations>,
 }
 
 impl BackfillActor {
@@ -76,6 +80,8 @@ impl BackfillActor {
         spool: Spool,
         token: TokenCell,
         metrics: Arc<Metrics>,
+        budget: RequestBudget,
+        conversations: Option<Conversations>,
     ) -> Self {
         Self {
             settings,
@@ -83,6 +89,8 @@ impl BackfillActor {
             spool,
             token,
             metrics,
+            budget,
+            conversations,
         }
     }
 }
@@ -102,7 +110,8 @@ impl Actor for BackfillActor {
             spool: self.spool.clone(),
             token: self.token.clone(),
             metrics: self.metrics.clone(),
-            budget: Budget::new(self.settings.requests_per_minute),
+            budget: self.budget.clone(),
+            conversations: self.conversations.clone(),
         };
         async move { worker.run().await }
             .into_actor(self)
@@ -123,26 +132,37 @@ impl Handler<InjectFault> for BackfillActor {
     }
 }
 
-/// A request budget: at most `per_minute` requests in any minute, spaced evenly.
-struct Budget {
+/// A request budget towards the analytics API: at most `per_minute` requests in any minute,
+/// spaced evenly, shared by backfill and reconciliation.
+#[derive(Clone, Debug)]
+pub struct RequestBudget {
     spacing: Duration,
-    next: Instant,
+    next: Arc<std::sync::Mutex<Instant>>,
 }
 
-impl Budget {
-    fn new(per_minute: u32) -> Self {
+impl RequestBudget {
+    pub fn new(per_minute: u32) -> Self {
         Self {
             spacing: Duration::from_secs(60) / per_minute.max(1),
-            next: Instant::now(),
+            next: Arc::new(std::sync::Mutex::new(Instant::now())),
         }
     }
 
-    async fn acquire(&mut self) {
+    /// Waits for the next free request slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let slot = Instant::now().max(*next);
+            *next = slot + self.spacing;
+            slot
+        };
         let now = Instant::now();
-        if self.next > now {
-            tokio::time::sleep(self.next - now).await;
+        if slot > now {
+            tokio::time::sleep(slot - now).await;
         }
-        self.next = Instant::now().max(self.next) + self.spacing;
     }
 }
 
@@ -153,7 +173,8 @@ struct Worker {
     spool: Spool,
     token: TokenCell,
     metrics: Arc<Metrics>,
-    budget: Budget,
+    budget: RequestBudget,
+    conversations: Option<Conversations>,
 }
 
 impl Worker {
@@ -294,7 +315,26 @@ impl Worker {
             received_at_ms: Utc::now().timestamp_millis(),
             payload: bytes.into(),
         };
-        self.append(record).await;
+        let view = self
+            .conversations
+            .as_ref()
+            .and_then(|c| Some((c, observe::analytics(raw.get())?)));
+        let Some((conversations, view)) = view else {
+            self.append(record).await;
+            return;
+        };
+        // The lifecycle records it calls for, then the conversation, under the lifecycle lock.
+        loop {
+            match conversations.append_analytics(&view, Source::Backfill, gap.shard, Some(&record))
+            {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "backfill waits for room in the spool");
+                    let _ = self.spool.wait_for_space(record.payload.len()).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     async fn status(&self, gap: &PendingGap, mut body: serde_json::Value) {

@@ -278,6 +278,24 @@ impl GenesysClient {
         serde_json::from_slice(&answer).map_err(|e| RestError::Decode(e.to_string()))
     }
 
+    /// `GET /api/v2/analytics/conversations/details?id=a,b`: conversations by id (at most 100;
+    /// unknown ids are left out of the answer).
+    pub async fn details_by_ids(
+        &self,
+        token: &Secret,
+        ids: &[String],
+    ) -> Result<serde_json::Value, RestError> {
+        let mut url = url::Url::parse(&format!(
+            "{}/api/v2/analytics/conversations/details",
+            self.endpoints.api
+        ))
+        .map_err(|e| RestError::Decode(e.to_string()))?;
+        url.query_pairs_mut().append_pair("id", &ids.join(","));
+        let request = self.http.get(url.as_str()).bearer_auth(token.expose());
+        let answer = send(request, None).await?;
+        serde_json::from_slice(&answer).map_err(|e| RestError::Decode(e.to_string()))
+    }
+
     /// Every entity of a paged listing (`/api/v2/routing/queues`, `/api/v2/users`).
     pub async fn list_all(
         &self,

@@ -65,6 +65,8 @@ pub struct KafkaSettings {
     pub status_topic: String,
     /// Conversations recovered by backfill (unset: the status topic).
     pub backfill_topic: Option<String>,
+    /// Kafka topic of the conversation lifecycle records.
+    pub lifecycle_topic: String,
     /// Records Kafka refused for good; `None` writes them to `dead_letter_file` only.
     pub dead_letter_topic: Option<String>,
     /// Last resort for dead letters (JSON lines).
@@ -108,6 +110,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("router", &self.router)
             .field("status_topic", &self.status_topic)
             .field("backfill_topic", &self.backfill_topic)
+            .field("lifecycle_topic", &self.lifecycle_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("dead_letter_file", &self.dead_letter_file)
             .field("max_in_flight", &self.max_in_flight)
@@ -131,6 +134,7 @@ impl KafkaSettings {
             router: Router::new(&[], "events"),
             status_topic: "status".into(),
             backfill_topic: None,
+            lifecycle_topic: "lifecycle".into(),
             dead_letter_topic: None,
             dead_letter_file: PathBuf::from("/tmp/dead"),
             max_in_flight: 10,

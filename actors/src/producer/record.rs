@@ -4,6 +4,8 @@
 use std::hash::{Hash, Hasher};
 
 use crate::backfill::{BackfillPayload, BACKFILL};
+use crate::conversations::record::LifecycleHead;
+use crate::conversations::LIFECYCLE;
 use crate::genesys::wire::event_meta;
 use crate::socket::frames::MALFORMED;
 use crate::spool::{RecordKind, SpoolEntry};
@@ -90,6 +92,25 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &KafkaSettings) -> Buil
                     ("backfill-gap", payload.gap),
                 ],
                 value: payload.conversation.get().as_bytes(),
+            })
+        }
+        kind if kind == LIFECYCLE => {
+            let Ok(head) = serde_json::from_slice::<LifecycleHead>(&record.payload) else {
+                return Built::DeadLetter {
+                    routed_topic: "(lifecycle)",
+                    reason: "unreadable lifecycle record".into(),
+                };
+            };
+            Built::Send(Outgoing {
+                topic: settings.lifecycle_topic.clone(),
+                key: Some(head.conversation_id),
+                headers: common(vec![
+                    ("bridge-record", "lifecycle".into()),
+                    ("lifecycle-id", head.id),
+                    ("lifecycle-type", head.kind.as_str().into()),
+                    ("lifecycle-source", head.source.as_str().into()),
+                ]),
+                value: &record.payload,
             })
         }
         kind if kind == MALFORMED => Built::DeadLetter {

@@ -198,7 +198,13 @@ impl SocketActor {
     /// with (appended, or dropped and recorded in the drop span); false when it is held back
     /// (`block`) or could not be written.
     pub(super) fn append(&mut self, record: Record, ctx: &mut Context<Self>) -> bool {
-        match self.spool.append(&record) {
+        let appended = match &self.conversations {
+            Some(conversations) if record.kind == RecordKind::Event => {
+                conversations.append_event(&record)
+            }
+            _ => self.spool.append(&record),
+        };
+        match appended {
             Ok(AppendOutcome::Appended { .. }) => {
                 self.spool_io_failures = 0;
                 self.metrics.events_appended.inc();

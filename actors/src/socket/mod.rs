@@ -245,6 +245,8 @@ pub struct ShardContext {
     pub budget: ChannelBudget,
     pub states: ShardStates,
     pub backfill: Option<BackfillQueue>,
+    /// The lifecycle stream: snapshots are appended through it.
+    pub conversations: Option<crate::conversations::Conversations>,
 }
 
 pub struct SocketActor {
@@ -285,6 +287,7 @@ pub struct SocketActor {
     refuse_status: u32,
     /// Where closed gaps go to be filled from the analytics API (when backfill is enabled).
     backfill: Option<BackfillQueue>,
+    conversations: Option<crate::conversations::Conversations>,
 }
 
 impl SocketActor {
@@ -305,6 +308,7 @@ impl SocketActor {
             budget,
             states,
             backfill,
+            conversations,
         } = context;
         let client = GenesysClient::new(settings.endpoints.clone(), settings.request_timeout);
         let merge = merge::Merge::new(settings.dedup_capacity, settings.dedup_window);
@@ -337,6 +341,7 @@ impl SocketActor {
             status_retry: None,
             refuse_status: 0,
             backfill,
+            conversations,
             settings,
         }
     }

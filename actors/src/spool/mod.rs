@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     /// Real headroom on disk for gap records and `committed.pos` (and, through
     /// [`Spool::disk_reserve`], the shard state) when the disk is full.
     reserve: Arc<DiskReserve>,
+    /// Records at or after this seq are kept on disk whatever the acks say (see
+    /// [`Spool::retain_from`]); `u64::MAX` when nobody holds any.
+    retain_from: AtomicU64,
 }
 
 impl Shared {
@@ -173,6 +176,7 @@ impl Spool {
             book: Mutex::new(SyncBook::new(recovered.persisted_committed)),
             fsync: FsyncStats::default(),
             reserve,
+            retain_from: AtomicU64::new(u64::MAX),
             config,
         });
         let syncer = syncer::spawn(Arc::clone(&shared))
@@ -310,6 +314,16 @@ impl Spool {
     /// state) write through [`DiskReserve::with_room`] too.
     pub fn disk_reserve(&self) -> Arc<DiskReserve> {
         Arc::clone(&self.shared().reserve)
+    }
+
+    /// Keeps every record at or after `seq` on disk, acknowledged or not: the committed position
+    /// that is persisted (and below which segments are deleted, now and by the next open) stays
+    /// below `seq`. A deriver whose state is a checkpoint plus the records after it (the
+    /// conversation lifecycle) moves this forward after each durable checkpoint, like a log
+    /// that keeps what the last snapshot does not cover. Acks still count: after a restart the
+    /// records between the hold and the acks are sent again, as acks not yet persisted are.
+    pub fn retain_from(&self, seq: u64) {
+        self.shared().retain_from.store(seq, Ordering::Release);
     }
 
     /// The configuration the spool was opened with.

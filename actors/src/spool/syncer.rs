@@ -113,7 +113,8 @@ impl Shared {
     pub(crate) fn sync(&self) -> Result<(), SpoolError> {
         let mut book = self.lock_book();
         self.flush_data()?;
-        let committed = self.lock_acks().committed();
+        let held = self.retain_from.load(Ordering::Acquire).saturating_sub(1);
+        let committed = self.lock_acks().committed().min(held);
         let mut persisted = Ok(());
         if committed != book.persisted_committed {
             match self
