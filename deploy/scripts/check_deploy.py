@@ -453,6 +453,15 @@ def main() -> int:
     checks.expect(config("backfill-values.yaml").get("backfill") == wanted_backfill,
                   "backfill: every backfill value reaches [backfill] under its TOML key",
                   diff(wanted_backfill, config("backfill-values.yaml").get("backfill", {})))
+    checks.expect(default_config.get("lifecycle", {}).get("enabled") is False,
+                  "default: [lifecycle] rendered with enabled = false")
+    wanted_lifecycle = {"enabled": True, "topic": "contact-center.genesys.lifecycle", "wrapup": False,
+                        "include_addresses": True, "checkpoint_interval": "10s", "remember_ended": "4h",
+                        "max_open": "24h", "reconcile": True, "reconcile_interval": "10m",
+                        "reconcile_settle": "5m", "reconcile_quiet_after": "30m"}
+    checks.expect(config("lifecycle-values.yaml").get("lifecycle") == wanted_lifecycle,
+                  "lifecycle: every lifecycle value reaches [lifecycle] under its TOML key",
+                  diff(wanted_lifecycle, config("lifecycle-values.yaml").get("lifecycle", {})))
     wanted_socket = {"redundancy": 1, "ping_interval": "10s", "pong_timeout": "3s", "dead_after": "40s",
                      "rollover_margin": "20m", "rollover_timeout": "45s", "min_rollover_interval": "10s",
                      "stable_after": "1m", "max_connects_per_minute": 6, "max_frame_bytes": 8388608,
@@ -508,6 +517,8 @@ def main() -> int:
         ({"backfill": {"requestsPerMinute": 0}}, "/backfill/requestsPerMinute", "backfill.requestsPerMinute: 0"),
         ({"backfill": {"maxAttempts": 0}}, "/backfill/maxAttempts", "backfill.maxAttempts: 0"),
         ({"backfill": {"maxInterval": "0s"}}, "/backfill/maxInterval", 'backfill.maxInterval: "0s"'),
+        ({"lifecycle": {"checkpointInterval": "0s"}}, "/lifecycle/checkpointInterval", 'lifecycle.checkpointInterval: "0s"'),
+        ({"lifecycle": {"enable": True}}, "enable", "lifecycle.enable (a typo)"),
         ({"backfill": {"enabled": "yes"}}, "/backfill/enabled", 'backfill.enabled: "yes"'),
         ({"backfill": {"topic": ""}}, "/backfill/topic", 'backfill.topic: ""'),
         ({"kafka": {"existingSecret": "k", "propertiesFromSecret": {"sasl.password": "../password"}}},

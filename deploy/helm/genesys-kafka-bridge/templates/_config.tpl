@@ -12,6 +12,7 @@ rendered only when set (null: the bridge derives it from topics.channel_budget).
 {{- $so := .Values.socket -}}
 {{- $su := .Values.supervisor -}}
 {{- $bf := .Values.backfill -}}
+{{- $lc := .Values.lifecycle -}}
 # genesys-kafka-bridge configuration, rendered by the Helm chart {{ include "gkb.chart" . }}.
 # Every key: config/bridge.example.toml. Credentials come from GENESYS_CLIENT_ID_FILE and
 # GENESYS_CLIENT_SECRET_FILE (a mounted Secret), never from this file. Kafka secrets mapped with
@@ -125,6 +126,19 @@ max_interval = {{ toJson $bf.maxInterval }}
 page_size = {{ $bf.pageSize | int64 }}
 requests_per_minute = {{ $bf.requestsPerMinute | int64 }}
 max_attempts = {{ $bf.maxAttempts | int64 }}
+
+[lifecycle]
+enabled = {{ $lc.enabled }}
+topic = {{ toJson $lc.topic }}
+wrapup = {{ $lc.wrapup }}
+include_addresses = {{ $lc.includeAddresses }}
+checkpoint_interval = {{ toJson $lc.checkpointInterval }}
+remember_ended = {{ toJson $lc.rememberEnded }}
+max_open = {{ toJson $lc.maxOpen }}
+reconcile = {{ $lc.reconcile }}
+reconcile_interval = {{ toJson $lc.reconcileInterval }}
+reconcile_settle = {{ toJson $lc.reconcileSettle }}
+reconcile_quiet_after = {{ toJson $lc.reconcileQuietAfter }}
 {{- end -}}
 
 {{/*
