@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,10 @@ const TOPICS: [&str; 6] = [
     "genesys.deadletter",
     LIFECYCLE_TOPIC,
 ];
+
+/// When the demo silenced the simulator's sockets (epoch ms): conversations that ended later were
+/// not streamed to the bridge.
+static QUIESCED_MS: AtomicI64 = AtomicI64::new(0);
 
 /// The demo's `[lifecycle] topic`.
 const LIFECYCLE_TOPIC: &str = "genesys.conversations.lifecycle";
@@ -139,7 +144,10 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })),
     );
     let elapsed = started.elapsed();
-    let stopped_ms = chrono::Utc::now().timestamp_millis();
+    let stopped_ms = match QUIESCED_MS.load(Ordering::Relaxed) {
+        0 => chrono::Utc::now().timestamp_millis(),
+        at => at,
+    };
     eprintln!();
     summary(&sim, &brokers, elapsed, stopped_ms)?;
     drop(mock);
@@ -259,6 +267,7 @@ async fn drive(
         status_line(&running, at);
     }
     // Quiesce: no new frames, then give the sockets a moment to read what is in flight.
+    QUIESCED_MS.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     sim.faults().silence(genesys_sim::Target::All, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.shutdown(Duration::from_secs(10)).await;
@@ -429,7 +438,10 @@ fn lifecycle_summary(sim: &SimHandle, values: &[Vec<u8>], stopped_ms: i64) {
     let ivr_only = without.iter().filter(|c| c.ivr_only).count();
     let row = |what: &str, n: usize| println!("  {what:<40} {n:>9}");
     row("conversation.started records (distinct)", started.len());
-    row("conversations the model ended", model_ended.len());
+    row(
+        "conversations the model ended (streamed)",
+        model_ended.len(),
+    );
     row("  with conversation.ended in Kafka", with_end.len());
     row("  of those, with the model's times", exact);
     row("  not yet, ended in the IVR", ivr_only);
