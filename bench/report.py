@@ -236,6 +236,35 @@ def render(results: dict, profile: dict) -> str:
             f"| {br['channels']} ({br['connections']}) / {nd['channels']} ({nd['connections']}) | {'; '.join(notes)} |")
     lines.append("")
 
+    # 5. lifecycle ------------------------------------------------------------------------------
+    lc = w.get("lifecycle", {}).get("bridge")
+    lines += [
+        "## 5. Conversation start and end events: the model's end → `conversation.ended` in Kafka",
+        "",
+        f"The bridge with `[lifecycle] enabled = true` (reconciliation off: only what the stream "
+        f"shows) against the conversation model at {profile.get('lifecycle_rate')} conversations/s for "
+        f"{profile.get('lifecycle_s')} s, every queue and user conversation topic subscribed. Latency = "
+        "the measuring consumer's receipt of a conversation's `conversation.ended` record minus the "
+        "conversation's true end in the simulator's ground truth (`GET /sim/conversations`, `endMs`), "
+        "for every conversation the model ended.",
+        "",
+    ]
+    if lc:
+        lines += [
+            "| measure | value |",
+            "|---|---:|",
+            f"| conversations started / ended by the model | {fmt(lc['conversations'], 0)} / {fmt(lc['conversations_ended'], 0)} |",
+            f"| ended without a `conversation.ended` / without a `conversation.started` | {fmt(lc['ended_missing'], 0)} / {fmt(lc['started_missing'], 0)} |",
+            f"| still open with a `conversation.ended` | {fmt(lc['open_with_ended'], 0)} |",
+            f"| record ids derived twice (different values) / redelivered copies | {fmt(lc['twice_derived'], 0)} / {fmt(lc['redelivered'], 0)} |",
+            f"| start or end time not the model's | {fmt(lc['time_mismatches'], 0)} |",
+            f"| end → record p50 / **p99** / max (ms), {fmt(lc['stream_ends'], 0)} ends | {fmt(lc['p50_ms'])} / **{fmt(lc['p99_ms'])}** / {fmt(lc['max_ms'])} |",
+            f"| peak RSS (MiB) / CPU s | {fmt(lc['peak_rss_mib'])} / {fmt(lc['cpu_s'], 2)} |",
+            "",
+        ]
+    else:
+        lines += ["**did not run**", ""]
+
     # checks ------------------------------------------------------------------------------------
     lines += ["## Consistency checks", ""]
     for c in results.get("checks", []):
@@ -331,6 +360,10 @@ def targets(w: dict, profile: dict) -> list[str]:
                     "**no**: the bridge missed " + ", ".join(f"{fmt(missed_bridge[k])} in {k}" for k in worse) +
                     f" (Node {', '.join(fmt(missed_node[k]) for k in worse)})"))
         rows.append(("zero loss in every fault run where Node loses events", measured, met))
+    lc = w.get("lifecycle", {}).get("bridge")
+    if lc and lc.get("p99_ms") is not None:
+        rows.append(("p99 from the model's end to `conversation.ended` in Kafka < 2 s (ends the stream saw)",
+                     f"p99 {fmt(lc['p99_ms'])} ms over {fmt(lc['stream_ends'], 0)} conversations", lc["p99_ms"] < 2000))
     if not rows:
         return []
     out = ["## Targets (measured, not asserted)", "", "| target | measured | met |", "|---|---|---|"]

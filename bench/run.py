@@ -79,6 +79,7 @@ PROFILES = {
         "kafka_down_s": 30, "closing_grace_s": 10,
         "after_s": {"kafka_down": 20, "socket_closing": 30, "drop_socket": 20, "silence": 100},
         "drain_stall_s": 15, "drain_max_s": 90, "warmup_s": 2, "quiet_s": 2,
+        "lifecycle_rate": 20, "lifecycle_s": 60,  # conversations/s; [lifecycle] on, stream only
     },
     "smoke": {
         "bins": "debug",
@@ -91,6 +92,7 @@ PROFILES = {
         "kafka_down_s": 5, "closing_grace_s": 2,
         "after_s": {"kafka_down": 8, "socket_closing": 8, "drop_socket": 7, "silence": 10},
         "drain_stall_s": 5, "drain_max_s": 20, "warmup_s": 1, "quiet_s": 0,
+        "lifecycle_rate": 20, "lifecycle_s": 4,
     },
 }
 
@@ -99,6 +101,7 @@ NODE_CLIENT = ("node-client", "node-secret")
 BRIDGE_TOPICS = ["bench.bridge", "bench.bridge.status", "bench.bridge.deadletter"]
 NODE_TOPICS = ["bench.node"]
 RAW_TOPICS = ["bench.raw"]
+LIFECYCLE_TOPIC = "bench.lifecycle"
 PARTITIONS = 3
 
 
@@ -117,7 +120,7 @@ class BridgeClient:
     client_id = BRIDGE_CLIENT[0]
 
     def __init__(self, binary: str, workdir: Path, sim: Sim, brokers: str, genesys_topics: list[str],
-                 redundancy: int | None = None):
+                 redundancy: int | None = None, extra: str = ""):
         self.dir = workdir
         self.http = f"127.0.0.1:{lib.free_port()}"
         self.redundancy = redundancy
@@ -150,7 +153,7 @@ listen = "{self.http}"
 [log]
 format = "json"
 level = "info"
-"""
+{extra}"""
         self.config_path = workdir / "bridge.toml"
         self.config_path.write_text(config)
         self.proc = Proc("bridge", [binary, "run", "--config", self.config_path], workdir / "bridge.log",
@@ -282,7 +285,7 @@ class Harness:
         d = self.workdir / workload / leg
         d.mkdir(parents=True, exist_ok=True)
         tansu = Tansu(d / "tansu", engine)
-        tansu.create_topics(BRIDGE_TOPICS + NODE_TOPICS + RAW_TOPICS, PARTITIONS)
+        tansu.create_topics(BRIDGE_TOPICS + NODE_TOPICS + RAW_TOPICS + [LIFECYCLE_TOPIC], PARTITIONS)
         sim = None
         if with_sim:
             sim = Sim(self.sim_bin, d / "sim", self.sim_args(rate),
@@ -290,9 +293,9 @@ class Harness:
         return d, tansu, sim
 
     def start_client(self, kind: str, d: Path, sim: Sim, tansu: Tansu, topics: list[str],
-                     redundancy: int | None = None):
+                     redundancy: int | None = None, extra: str = ""):
         if kind == "bridge":
-            client = BridgeClient(self.bridge_bin, d, sim, tansu.brokers, topics, redundancy)
+            client = BridgeClient(self.bridge_bin, d, sim, tansu.brokers, topics, redundancy, extra)
         else:
             client = NodeClient(d, sim, tansu.brokers, topics)
         wait_until(f"{kind} streaming (socket connected)", 90, lambda: client.ready(sim), 0.1)
@@ -449,6 +452,49 @@ class Harness:
             self.check(f"{workload}/raw: every payload landed once", r["lost"] == 0 and r["duplicated"] == 0,
                        f"{r['landed']}/{r['ledger_events']}")
 
+    # -- workload 5: conversation start and end events --------------------------------------------
+
+    def lifecycle(self):
+        """[lifecycle] on (stream only: reconciliation off), the conversation model at
+        `lifecycle_rate` for `lifecycle_s`: from each conversation's true end (the simulator's
+        ground truth, GET /sim/conversations) to the consumer's receipt of its
+        conversation.ended record."""
+        p = self.profile
+
+        def run():
+            d, tansu, sim = self.env_for("lifecycle", "bridge", "memory", 0)
+            extra = (f'\n[lifecycle]\nenabled = true\ntopic = "{LIFECYCLE_TOPIC}"\nreconcile = false\n')
+            client = self.start_client("bridge", d, sim, tansu, sim.topics(), extra=extra)
+            reader = LifecycleReader(tansu.brokers, LIFECYCLE_TOPIC)
+            reader.start()
+            sampler = Sampler(client.proc.pid)
+            sampler.start()
+            cpu0 = proc_stat(client.proc.pid).cpu_s
+            sim.set_rate(p["lifecycle_rate"])
+            time.sleep(p["lifecycle_s"])
+            sim.set_rate(0)
+            wait_quiet(sim, max(p["quiet_s"], 2))
+            truth = sim.get_json("/sim/conversations")
+            ended = [c for c in truth if c.get("endMs") is not None]
+            try:
+                wait_until("a conversation.ended record for every conversation the model ended", p["drain_max_s"],
+                           lambda: all(c["id"] in reader.ended for c in ended), 0.2)
+                drained = True
+            except BenchError:
+                drained = False
+            res = resources(sampler, cpu0, 0)
+            reader.stop()
+            return lifecycle_result(truth, reader, res, drained)
+
+        r = self.leg("lifecycle", "bridge", run)
+        if r:
+            self.check("lifecycle/bridge: one conversation.started and one conversation.ended per conversation the "
+                       "model ended, with its start and end times",
+                       r["ended_missing"] == 0 and r["started_missing"] == 0 and r["twice_derived"] == 0
+                       and r["time_mismatches"] == 0,
+                       f"{r['conversations_ended']} ended; missing ended {r['ended_missing']}, started "
+                       f"{r['started_missing']}; derived twice {r['twice_derived']}; time mismatches {r['time_mismatches']}")
+
     # -- workload 4: faults --------------------------------------------------------------------
 
     def faults(self):
@@ -599,6 +645,8 @@ class Harness:
                         p["high_drain_s"])
         if not only or "faults" in only:
             self.faults()
+        if not only or "lifecycle" in only:
+            self.lifecycle()
         self.results["wall_s"] = time.monotonic() - t0
         self.results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         ok = all(c["ok"] for c in self.results["checks"]) and not self.results["errors"]
@@ -700,6 +748,87 @@ def all_landed(ledger: list[dict]):
     def done(tail) -> bool:
         return tail.with_cid >= len(cids) and all(c in tail.first for c in cids)
     return done
+
+
+class LifecycleReader:
+    """Reads the lifecycle topic from the beginning in a thread: for each record, the consumer's
+    receipt time (epoch ms) and the decoded value."""
+
+    def __init__(self, brokers: str, topic: str):
+        import threading
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self.consumer = lib._consumer(brokers, {"group.id": "bench-lifecycle", "fetch.wait.max.ms": 5})
+        md = self.consumer.list_topics(topic, timeout=20)
+        self.consumer.assign([TopicPartition(topic, q, OFFSET_BEGINNING) for q in md.topics[topic].partitions])
+        self.records: list[tuple[float, dict]] = []
+        self.ended: dict[str, float] = {}
+        self.started: set[str] = set()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            m = self.consumer.poll(0.1)
+            if m is None or m.error():
+                continue
+            t = now_ms()
+            value = json.loads(m.value())
+            self.records.append((t, value))
+            if value.get("type") == "conversation.ended":
+                self.ended.setdefault(value["conversationId"], t)
+            elif value.get("type") == "conversation.started":
+                self.started.add(value["conversationId"])
+
+    def stop(self):
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.consumer.close()
+
+
+def iso_ms(text) -> int | None:
+    if not text:
+        return None
+    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def lifecycle_result(truth: list[dict], reader: LifecycleReader, res: dict, drained: bool) -> dict:
+    by_id: dict[str, dict[str, list[dict]]] = {}
+    for _, value in reader.records:
+        by_id.setdefault(value["id"], {}).setdefault(json.dumps(value, sort_keys=True), []).append(value)
+    twice_derived = sum(1 for variants in by_id.values() if len(variants) > 1)
+    redelivered = sum(len(v) - 1 for variants in by_id.values() for v in variants.values())
+    ended = [c for c in truth if c.get("endMs") is not None]
+    first_value = {}
+    for _, value in reader.records:
+        first_value.setdefault(value["id"], value)
+    latencies, mismatches = [], 0
+    for c in ended:
+        t = reader.ended.get(c["id"])
+        record = first_value.get(f"{c['id']}:ended")
+        if t is None or record is None:
+            continue
+        if iso_ms(record.get("startTime")) != c["startMs"] or iso_ms(record.get("endTime")) != c["endMs"]:
+            mismatches += 1
+        if record.get("source") == "stream":
+            latencies.append(t - c["endMs"])
+    cpu = res.get("cpu_s")
+    return {
+        "conversations": len(truth), "conversations_ended": len(ended),
+        "ended_missing": sum(1 for c in ended if c["id"] not in reader.ended),
+        "started_missing": sum(1 for c in ended if c["id"] not in reader.started),
+        "open_with_ended": sum(1 for c in truth if c.get("endMs") is None and c["id"] in reader.ended),
+        "twice_derived": twice_derived, "redelivered": redelivered, "time_mismatches": mismatches,
+        "records": len(reader.records), "drained": drained,
+        "stream_ends": len(latencies),
+        "p50_ms": percentile(latencies, 50) if latencies else None,
+        "p99_ms": percentile(latencies, 99) if latencies else None,
+        "max_ms": max(latencies) if latencies else None,
+        "peak_rss_mib": res.get("peak_rss_mib"), "cpu_s": cpu,
+    }
 
 
 def wait_quiet(sim: Sim, quiet_s: float, max_s: float = 60.0):
@@ -848,7 +977,7 @@ def main() -> int:
     ap.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
     ap.add_argument("--results", help="where to write the report (default: bench/RESULTS.md for a complete "
                                       "full run, a temp file otherwise)")
-    ap.add_argument("--only", help="comma-separated subset: burst,steady,high,faults (never writes RESULTS.md)")
+    ap.add_argument("--only", help="comma-separated subset: burst,steady,high,faults,lifecycle (never writes RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, spool, data)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile value (JSON), e.g. --set burst_events=20000; for experiments: "
