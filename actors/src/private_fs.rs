@@ -42,6 +42,26 @@ pub fn narrow(path: &Path, mode: u32) {
     }
 }
 
+/// Replaces `path` with `bytes` durably: a 0600 temp file beside it (`*.json.tmp`), fsync,
+/// rename over `path`, fsync of the directory. A crash leaves the old file or the new one.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("json.tmp");
+    let mut file = options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,17 @@ fn parse_interval(interval: &str) -> Option<(i64, i64)> {
     (start < end).then(|| (start.timestamp_millis(), end.timestamp_millis()))
 }
 
+/// A token with `analytics:conversationDetail:view`, or the answer refusing the request.
+fn may_read_details(sim: &Sim, req: &HttpRequest) -> Result<(), HttpResponse> {
+    let caller = authenticate(sim, req)?;
+    let missing = caller.missing(&[PERM_CONVERSATION_DETAIL]);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing_permissions(&missing))
+    }
+}
+
 /// Largest page the details query serves (Genesys: 100).
 const MAX_PAGE_SIZE: usize = 100;
 
@@ -134,13 +145,8 @@ pub(crate) async fn details_query(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let caller = match authenticate(&sim, &req) {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let missing = caller.missing(&[PERM_CONVERSATION_DETAIL]);
-    if !missing.is_empty() {
-        return missing_permissions(&missing);
+    if let Err(refused) = may_read_details(&sim, &req) {
+        return refused;
     }
     let query: DetailsQuery = match serde_json::from_slice(&body) {
         Ok(q) => q,
@@ -216,13 +222,8 @@ const MAX_IDS: usize = 100;
 /// id"): the ones the history knows, as `{"conversations":[…]}`. The ids come comma-separated
 /// (as the SDKs send them) or as repeated `id` parameters.
 pub(crate) async fn details_by_ids(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
-    let caller = match authenticate(&sim, &req) {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let missing = caller.missing(&[PERM_CONVERSATION_DETAIL]);
-    if !missing.is_empty() {
-        return missing_permissions(&missing);
+    if let Err(refused) = may_read_details(&sim, &req) {
+        return refused;
     }
     let ids: Vec<String> = url::form_urlencoded::parse(req.query_string().as_bytes())
         .filter(|(k, _)| k == "id")

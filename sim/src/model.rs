@@ -191,16 +191,7 @@ impl Conversation {
     /// Topics on which every change of this conversation is published, in a fixed order.
     pub fn snapshot_topics(&self) -> Vec<String> {
         let (queues, users) = self.queues_and_users();
-        let mut topics = Vec::with_capacity(2 * (queues.len() + users.len()));
-        for q in queues {
-            topics.push(format!("v2.routing.queues.{q}.conversations"));
-            topics.push(format!("v2.routing.queues.{q}.calls"));
-        }
-        for u in users {
-            topics.push(format!("v2.users.{u}.conversations"));
-            topics.push(format!("v2.users.{u}.calls"));
-        }
-        topics
+        conversation_topics(&queues, &users)
     }
 
     /// Topics of the participants still engaged at `now_ms`, or who left at `now_ms` (see
@@ -233,16 +224,7 @@ impl Conversation {
                 _ => {}
             }
         }
-        let mut topics = Vec::with_capacity(2 * (queues.len() + users.len()));
-        for q in queues {
-            topics.push(format!("v2.routing.queues.{q}.conversations"));
-            topics.push(format!("v2.routing.queues.{q}.calls"));
-        }
-        for u in users {
-            topics.push(format!("v2.users.{u}.conversations"));
-            topics.push(format!("v2.users.{u}.calls"));
-        }
-        topics
+        conversation_topics(&queues, &users)
     }
 
     /// The conversation snapshot body.
@@ -463,6 +445,21 @@ impl Conversation {
         conv.insert("participants".into(), Value::Array(participants));
         Value::Object(conv)
     }
+}
+
+/// The snapshot topics of some queues and users: `conversations` and `calls` of each, queues
+/// first.
+fn conversation_topics(queues: &[&str], users: &[&str]) -> Vec<String> {
+    let mut topics = Vec::with_capacity(2 * (queues.len() + users.len()));
+    for q in queues {
+        topics.push(format!("v2.routing.queues.{q}.conversations"));
+        topics.push(format!("v2.routing.queues.{q}.calls"));
+    }
+    for u in users {
+        topics.push(format!("v2.users.{u}.conversations"));
+        topics.push(format!("v2.users.{u}.calls"));
+    }
+    topics
 }
 
 /// Counters behind `v2.analytics.queues.{id}.observations`.

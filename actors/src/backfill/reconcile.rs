@@ -284,19 +284,10 @@ impl Worker {
         let Ok(bytes) = serde_json::to_vec(&self.saved) else {
             return;
         };
-        let temp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut file = crate::private_fs::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)?;
-            file.write_all(&bytes)?;
-            drop(file);
-            std::fs::rename(&temp, &self.path)
-        };
-        if let Err(error) = write() {
+        let reserve = self.conversations.disk_reserve();
+        if let Err(error) =
+            reserve.with_room(|| crate::private_fs::replace_file(&self.path, &bytes))
+        {
             tracing::warn!(%error, file = %self.path.display(), "cannot save the reconciliation state");
         }
     }

@@ -17,7 +17,6 @@ pub mod observe;
 pub mod record;
 pub mod state;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -111,6 +110,11 @@ struct CheckpointBook {
 }
 
 impl Conversations {
+    /// The spool's disk reserve: files beside the spool are written through it.
+    pub fn disk_reserve(&self) -> Arc<crate::disk_reserve::DiskReserve> {
+        self.inner.spool.disk_reserve()
+    }
+
     /// Loads the checkpoint in the spool directory, holds the spool from the seq it covers,
     /// replays the records after it, writes a fresh checkpoint and starts checkpointing.
     /// Call before anything appends to or acknowledges the spool.
@@ -470,7 +474,7 @@ impl Inner {
             )
         };
         let reserve = self.spool.disk_reserve();
-        reserve.with_room(|| write_durably(&self.path, &bytes))?;
+        reserve.with_room(|| crate::private_fs::replace_file(&self.path, &bytes))?;
         self.spool.retain_from(next_seq);
         let mut book = self
             .checkpoint
@@ -504,24 +508,6 @@ fn load(path: &Path) -> std::io::Result<Option<Checkpoint>> {
         )));
     }
     Ok(Some(checkpoint))
-}
-
-/// Temp file (0600), fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension("json.tmp");
-    let mut file = crate::private_fs::options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

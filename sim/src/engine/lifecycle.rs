@@ -143,22 +143,31 @@ impl Engine {
     fn hang_up_in_ivr(&mut self, id: u64) {
         let now = self.now_ms();
         let active = self.convs.get_mut(&id).expect("active");
+        active.conv.participants[1].end(now, Disconnect::Peer);
+        self.customer_leaves(id, Disconnect::Endpoint);
+        self.snapshot(id);
+        self.convs.remove(&id);
+    }
+
+    /// Ends the customer's call, and with it the conversation; publishes `customer.end`.
+    fn customer_leaves(&mut self, id: u64, disconnect: Disconnect) {
+        let now = self.now_ms();
+        let Some(active) = self.convs.get_mut(&id) else {
+            return;
+        };
         let customer = &mut active.conv.participants[0];
         let interacting_ms = now - customer.connected_ms.unwrap_or(now);
-        customer.end(now, Disconnect::Endpoint);
-        active.conv.participants[1].end(now, Disconnect::Peer);
+        customer.end(now, disconnect);
         active.conv.end_ms = Some(now);
         self.detail(
             id,
             0,
             "customer.end",
             vec![
-                ("disconnectType", json!(Disconnect::Endpoint.detail())),
+                ("disconnectType", json!(disconnect.detail())),
                 ("interactingDurationMs", json!(interacting_ms)),
             ],
         );
-        self.snapshot(id);
-        self.convs.remove(&id);
     }
 
     /// The customer hangs up while waiting in the queue (no agent alerted at the moment).
@@ -171,14 +180,10 @@ impl Engine {
             return;
         };
         let queue = active.queue;
-        let customer = &mut active.conv.participants[0];
-        let interacting_ms = now - customer.connected_ms.unwrap_or(now);
-        customer.end(now, Disconnect::Endpoint);
         let acd_p = &mut active.conv.participants[acd];
         let acd_connected_ms = acd_p.connected_ms.unwrap_or(now);
         acd_p.end(now, Disconnect::Peer);
         active.acd = None;
-        active.conv.end_ms = Some(now);
         let counts = &mut self.queues[queue].counts;
         counts.waiting = counts.waiting.saturating_sub(1);
         self.waiting.retain(|c| *c != id);
@@ -194,15 +199,7 @@ impl Engine {
                 ("requestedRoutings", json!(["Standard"])),
             ],
         );
-        self.detail(
-            id,
-            0,
-            "customer.end",
-            vec![
-                ("disconnectType", json!(Disconnect::Endpoint.detail())),
-                ("interactingDurationMs", json!(interacting_ms)),
-            ],
-        );
+        self.customer_leaves(id, Disconnect::Endpoint);
         self.snapshot(id);
         self.convs.remove(&id);
     }
@@ -438,21 +435,7 @@ impl Engine {
         if self.agent_leaves(id, agent_side).is_none() {
             return;
         }
-        let now = self.now_ms();
-        let active = self.convs.get_mut(&id).expect("active");
-        let customer = &mut active.conv.participants[0];
-        let interacting_ms = now - customer.connected_ms.unwrap_or(now);
-        customer.end(now, customer_side);
-        active.conv.end_ms = Some(now);
-        self.detail(
-            id,
-            0,
-            "customer.end",
-            vec![
-                ("disconnectType", json!(customer_side.detail())),
-                ("interactingDurationMs", json!(interacting_ms)),
-            ],
-        );
+        self.customer_leaves(id, customer_side);
         self.snapshot(id);
     }
 
