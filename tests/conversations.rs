@@ -257,4 +257,36 @@ fn one_start_and_one_end_per_conversation_through_rollovers_a_leg_drop_and_a_sig
         bridge.metric("genesys_bridge_reconciliation_runs_total") >= 1.0,
         "reconciliation ran"
     );
+
+    // Traffic again, and the bridge stops (SIGTERM) in the middle of it: the conversations still
+    // open in the model when it has exited have no `ended`, and those it saw start have their
+    // `started`.
+    sim.set_rate(4.0);
+    wait_for_traffic(&sim, &topics, 100);
+    bridge.signal("TERM");
+    assert_eq!(bridge.wait_exit(Duration::from_secs(60)), Some(0));
+    let open: Vec<_> = sim
+        .conversations()
+        .into_iter()
+        .filter(|c| c.end_ms.is_none())
+        .collect();
+    stop_traffic(&sim);
+    assert!(!open.is_empty(), "conversations were open at the stop");
+    let records = lifecycle_records(&kafka.brokers());
+    let mut open_started = 0;
+    for c in &open {
+        let by_id = records.get(&c.id);
+        assert!(
+            !by_id.is_some_and(|r| r.contains_key(&format!("{}:ended", c.id))),
+            "{} was still open, yet has a conversation.ended: {by_id:?}",
+            c.id
+        );
+        open_started +=
+            usize::from(by_id.is_some_and(|r| r.contains_key(&format!("{}:started", c.id))));
+    }
+    eprintln!(
+        "{} conversations open at the stop, {open_started} of them with their conversation.started, none ended",
+        open.len()
+    );
+    assert!(open_started > 0, "the stream saw some of them start");
 }
