@@ -61,12 +61,8 @@ struct Saved {
 }
 
 pub struct ReconcileActor {
-    settings: Arc<ReconcileSettings>,
-    conversations: Conversations,
-    token: TokenCell,
-    metrics: Arc<Metrics>,
-    budget: RequestBudget,
-    path: PathBuf,
+    /// Taken when the actor starts: it runs the schedule.
+    worker: Option<Worker>,
 }
 
 impl ReconcileActor {
@@ -78,13 +74,19 @@ impl ReconcileActor {
         budget: RequestBudget,
         spool_dir: &std::path::Path,
     ) -> Self {
-        Self {
+        let client = GenesysClient::new(settings.endpoints.clone(), settings.request_timeout);
+        let worker = Worker {
+            client,
             settings,
             conversations,
             token,
             metrics,
             budget,
             path: spool_dir.join(RECONCILE_FILE),
+            saved: Saved::default(),
+        };
+        Self {
+            worker: Some(worker),
         }
     }
 }
@@ -94,23 +96,13 @@ impl Actor for ReconcileActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(8);
-        let saved = std::fs::read(&self.path)
+        let Some(mut worker) = self.worker.take() else {
+            return;
+        };
+        worker.saved = std::fs::read(&worker.path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Saved>(&bytes).ok())
             .unwrap_or_default();
-        let worker = Worker {
-            client: GenesysClient::new(
-                self.settings.endpoints.clone(),
-                self.settings.request_timeout,
-            ),
-            settings: self.settings.clone(),
-            conversations: self.conversations.clone(),
-            token: self.token.clone(),
-            metrics: self.metrics.clone(),
-            budget: self.budget.clone(),
-            path: self.path.clone(),
-            saved,
-        };
         async move { worker.run().await }
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop())
