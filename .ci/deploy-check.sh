@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks deploy/: Dockerfile (hadolint), values files and plain manifests (yamllint), the chart
-# README (generated from values.yaml), and then deploy/scripts/check_deploy.py: helm lint, render of
+# README (generated from values.yaml), the monitoring (deploy/monitoring: the dashboard and the plain
+# rule file current with the chart, `promtool check rules` and `promtool test rules`, the dashboard
+# type-checked against Grafana's @grafana/schema with tsc), and then deploy/scripts/check_deploy.py: helm lint, render of
 # every ci/*-values.yaml scenario, Kubernetes schema validation of every object, schema and
 # template guards that must refuse bad values, `check-config` of every rendered bridge.toml, and
 # the plain manifests against the chart's defaults. Files of the kafka.existingSecret mount that a
@@ -8,7 +10,8 @@
 # stood in for by a temporary directory during `check-config` (TLS material generated with openssl).
 #
 # Run from the repository root: bash .ci/deploy-check.sh
-# Needs the network only to create the venv (.venv, pinned versions) on first use, and the openssl CLI.
+# Needs the network only to create the venv (.venv, pinned versions) and the dashboard check's
+# node_modules (npm ci, pinned by package-lock.json) on first use, the openssl CLI, and promtool.
 # BRIDGE_BIN overrides the bridge binary (default: the debug build, built if missing).
 set -euo pipefail
 
@@ -69,6 +72,16 @@ echo "  ok    yamllint: no findings"
 
 echo "== deploy-check: chart README generated from values.yaml is current"
 "$PY" deploy/helm/gen-readme.py --check
+
+echo "== deploy-check: monitoring (rules, their unit tests, the Grafana dashboard)"
+"$PY" deploy/monitoring/gen.py --check
+for tool in promtool; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "deploy-check: $tool missing: install Debian's prometheus package (scripts/test.sh does)" >&2; exit 1; }
+done
+promtool check rules deploy/monitoring/prometheus-rules.yaml
+promtool test rules deploy/monitoring/alerts.test.yaml
+(cd deploy/monitoring/dashboard-check && { [[ -d node_modules ]] || npm ci --no-audit --no-fund --silent; } && node check.mjs)
 
 "$PY" deploy/scripts/check_deploy.py --bridge "$BRIDGE_BIN"
 echo "== deploy-check: done in $((SECONDS - started)) s"

@@ -12,6 +12,15 @@ if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q
 fi
 export TANSU_BIN="${TANSU_BIN:-$(command -v tansu)}"
 
+# tests/monitoring.rs runs a real Prometheus against the bridge; .ci/deploy-check.sh uses promtool.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "installing Debian's prometheus package (Prometheus server and promtool, for the monitoring tests)…"
+  sudo=""
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends prometheus >/dev/null \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends prometheus >/dev/null; }
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

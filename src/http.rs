@@ -50,9 +50,21 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+/// `/metrics`: OpenMetrics for a client that accepts it (Prometheus does), else the Prometheus
+/// text format 0.0.4 (`curl`, `promtool check metrics`).
+async fn metrics(state: web::Data<HttpState>, request: actix_web::HttpRequest) -> HttpResponse {
     let snapshot = state.health.snapshot();
     let now = Utc::now();
+    let ready = snapshot.not_ready_reason(now).is_none();
+    state.metrics.ready.set(i64::from(ready));
+    for shard in &snapshot.shards {
+        let streaming = shard.phase == genesys_actors::health::ShardPhase::Streaming;
+        state
+            .metrics
+            .shard_streaming
+            .get_or_create(&Metrics::shard(shard.shard))
+            .set(i64::from(streaming));
+    }
     if let Some(expiry) = snapshot.token.expires_at {
         let left = (expiry - now).num_milliseconds() as f64 / 1000.0;
         state.metrics.token_seconds_to_expiry.set(left);
@@ -73,9 +85,34 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
                 .set(age);
         }
     }
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.encode())
+    if accepts_openmetrics(&request) {
+        HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(state.metrics.encode())
+    } else {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(state.metrics.encode_prometheus_text())
+    }
+}
+
+/// Whether the request's `Accept` names OpenMetrics (with any quality above 0).
+fn accepts_openmetrics(request: &actix_web::HttpRequest) -> bool {
+    request
+        .headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        })
 }
 
 async fn status(state: web::Data<HttpState>) -> HttpResponse {

@@ -75,6 +75,11 @@ fn health_endpoints_in_the_states_that_matter() {
         "genesys_bridge_channel_age_seconds{shard=\"0\"}",
         "genesys_bridge_token_expiry_seconds",
         "genesys_bridge_topics_subscribed",
+        "genesys_bridge_ready 1",
+        "genesys_bridge_shard_streaming{shard=\"0\"} 1",
+        "genesys_bridge_spool_capacity_bytes",
+        "genesys_bridge_actor_restarts_total{actor=\"socket\"} 0",
+        "genesys_bridge_build_info{version=",
     ];
     let mut lacking = Vec::new();
     wait_until(
@@ -86,6 +91,25 @@ fn health_endpoints_in_the_states_that_matter() {
             lacking.is_empty()
         },
     );
+    // Prometheus text 0.0.4 by default (curl, promtool); OpenMetrics when asked for.
+    let url = format!("http://{}/metrics", bridge.http);
+    let plain = ureq::get(&url).call().unwrap();
+    assert!(plain.content_type().starts_with("text/plain"));
+    let plain = plain.into_string().unwrap();
+    assert!(plain.contains("# TYPE genesys_bridge_events_produced_total counter"));
+    assert!(!plain.contains("# EOF"));
+    let open = ureq::get(&url)
+        .set(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(open.content_type(), "application/openmetrics-text");
+    let open = open.into_string().unwrap();
+    assert!(open.contains("# TYPE genesys_bridge_events_produced counter"));
+    assert!(open.ends_with("# EOF\n"));
+
     let status = bridge.status();
     assert_eq!(status["shards"][0]["phase"], "streaming");
     assert_eq!(status["shards"][0]["topic_count"], 5);
@@ -125,6 +149,7 @@ fn health_endpoints_in_the_states_that_matter() {
         code(bridge.get("/readyz")) == 503
     });
     assert_eq!(code(bridge.get("/livez")), 200, "live without Genesys");
+    assert_eq!(bridge.metric("genesys_bridge_ready"), 0.0);
 }
 
 #[test]

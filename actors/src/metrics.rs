@@ -43,6 +43,27 @@ pub struct ActorLabel {
     pub actor: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+/// The `actor` label of every supervised actor (`ChildId::label`): `actor_restarts` starts at 0
+/// for each, so that an alert on `increase()` sees the first restart (a series that appears at 1
+/// has no increase).
+pub const ACTORS: [&str; 6] = [
+    "producer",
+    "token",
+    "heartbeat",
+    "backfill",
+    "reconcile",
+    "socket",
+];
+
+/// Dead-letter destinations (`reason` of `dead_letters`): the dead-letter topic, the local file,
+/// and records the file could not take either.
+pub const DEAD_LETTER_DESTINATIONS: [&str; 3] = ["topic", "file", "file_failed"];
+
 /// Every metric the bridge exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -100,6 +121,11 @@ pub struct Metrics {
     pub reconciliation_failures: Counter,
     pub reconciliation_findings: Family<KindLabel, Counter>,
     pub reconciliation_watched: Gauge,
+    pub ready: Gauge,
+    pub shard_streaming: Family<ShardLabel, Gauge>,
+    pub spool_capacity: Gauge,
+    pub build_info: Family<VersionLabel, Gauge>,
+    pub start_time: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -160,6 +186,11 @@ impl Metrics {
             reconciliation_failures: Counter::default(),
             reconciliation_findings: Family::default(),
             reconciliation_watched: Gauge::default(),
+            ready: Gauge::default(),
+            shard_streaming: Family::default(),
+            spool_capacity: Gauge::default(),
+            build_info: Family::default(),
+            start_time: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -440,18 +471,70 @@ impl Metrics {
             "Conversations reconciliation waits to see end in analytics",
             metrics.reconciliation_watched.clone(),
         );
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (a token is held, every shard streams, the spool has room), else 0",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "shard_streaming",
+            "1 while a shard has a socket that streams (its phase in /status is streaming), else 0",
+            metrics.shard_streaming.clone(),
+        );
+        registry.register_with_unit(
+            "spool_capacity",
+            "Bytes the spool may hold for events (spool.max_bytes less the headroom kept for gap records)",
+            prometheus_client::registry::Unit::Bytes,
+            metrics.spool_capacity.clone(),
+        );
+        registry.register(
+            "build_info",
+            "Always 1; the bridge's version in the label",
+            metrics.build_info.clone(),
+        );
+        registry.register_with_unit(
+            "start_time",
+            "When the process started, in seconds since the Unix epoch",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.start_time.clone(),
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        metrics.start_time.set(started);
+        metrics
+            .build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        for actor in ACTORS {
+            let _ = metrics.actor_restarts.get_or_create(&Metrics::actor(actor));
+        }
+        for destination in DEAD_LETTER_DESTINATIONS {
+            let _ = metrics
+                .dead_letters
+                .get_or_create(&Metrics::reason(destination));
+        }
         Self {
             registry,
             ..metrics
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (what Prometheus asks for).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The Prometheus text format 0.0.4, for clients that do not accept OpenMetrics (`curl`,
+    /// `promtool check metrics`, older scrapers).
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
     }
 
     pub fn reason(reason: &str) -> ReasonLabel {
@@ -493,8 +576,98 @@ impl Metrics {
     }
 }
 
+/// Rewrites an OpenMetrics exposition of prometheus-client as Prometheus text format 0.0.4: a
+/// counter family is named with its `_total` suffix in `# HELP` and `# TYPE` (OpenMetrics names
+/// the family without it), and `# UNIT` and `# EOF` (not in 0.0.4) are dropped. prometheus-client
+/// writes OpenMetrics only (prometheus/client_rust#51; a second format is proposed in #293); this
+/// registry holds counters, gauges and histograms, whose samples are the same in both formats.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|prefix| line.starts_with(prefix));
+        if let Some(prefix) = meta {
+            let rest = &line[prefix.len()..];
+            let name = rest.split(' ').next().unwrap_or_default();
+            if counters.contains(name) && !name.ends_with("_total") {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total");
+                out.push_str(&rest[name.len()..]);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_their_suffix_and_drops_openmetrics_lines() {
+        let metrics = Metrics::new();
+        metrics.gaps.inc();
+        metrics.gap_seconds.inc_by(1.5);
+        metrics.spool_bytes.set(7);
+        metrics.delivery_latency.observe(0.01);
+        let text = metrics.encode_prometheus_text();
+        assert!(text.contains("# TYPE genesys_bridge_gaps_total counter\n"));
+        assert!(text.contains("# HELP genesys_bridge_gaps_total Periods"));
+        assert!(text.contains("genesys_bridge_gaps_total 1\n"));
+        assert!(text.contains("# TYPE genesys_bridge_gap_duration_seconds_total counter\n"));
+        assert!(text.contains("# TYPE genesys_bridge_spool_bytes gauge\n"));
+        assert!(text.contains("genesys_bridge_spool_bytes 7\n"));
+        assert!(text.contains("# TYPE genesys_bridge_delivery_latency_seconds histogram\n"));
+        assert!(text.contains("genesys_bridge_delivery_latency_seconds_count 1\n"));
+        assert!(!text.contains("# UNIT"));
+        assert!(!text.contains("# EOF"));
+        // Every TYPE names a family whose samples follow it.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(
+                text.lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(name)),
+                "no sample of {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn families_that_alerts_count_with_increase_start_at_zero() {
+        let text = Metrics::new().encode();
+        for actor in ACTORS {
+            assert!(
+                text.contains(&format!(
+                    "genesys_bridge_actor_restarts_total{{actor=\"{actor}\"}} 0"
+                )),
+                "{actor}"
+            );
+        }
+        for destination in DEAD_LETTER_DESTINATIONS {
+            assert!(text.contains(&format!(
+                "genesys_bridge_dead_letters_total{{reason=\"{destination}\"}} 0"
+            )));
+        }
+        assert!(text.contains("genesys_bridge_build_info{version=\""));
     }
 }

@@ -682,6 +682,7 @@ fn publish_spool_stats(spool: &Spool, metrics: &Metrics, health: &Health, refusa
         .spool_disk_reserve_in_use
         .set(i64::from(reserve_in_use));
     metrics.spool_bytes.set(stats.bytes_on_disk as i64);
+    metrics.spool_capacity.set(event_cap as i64);
     metrics.spool_records.set(stats.records_unacked as i64);
     metrics.spool_oldest_age.set(oldest_age.unwrap_or(0.0));
     metrics
@@ -868,7 +869,21 @@ impl Handler<FaultActor> for Supervisor {
 
 #[cfg(test)]
 mod tests {
-    use super::plan_legs;
+    use super::{plan_legs, ChildId};
+
+    #[test]
+    fn every_actor_label_starts_at_zero_in_the_metrics() {
+        for id in [
+            ChildId::Producer,
+            ChildId::Token,
+            ChildId::Heartbeat,
+            ChildId::Backfill,
+            ChildId::Reconcile,
+            ChildId::Socket(3),
+        ] {
+            assert!(crate::metrics::ACTORS.contains(&id.label()), "{id:?}");
+        }
+    }
 
     #[test]
     fn legs_follow_the_budget_arithmetic() {

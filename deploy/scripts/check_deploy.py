@@ -37,10 +37,11 @@ import yaml
 KUBE_VERSION = "1.30.0"
 CHART = Path("deploy/helm/genesys-kafka-bridge")
 K8S = Path("deploy/k8s")
+MONITORING = Path("deploy/monitoring")
 RELEASE = "bridge"
 NAMESPACE = "genesys"
 # prometheus-operator CRDs: kubernetes-validate has no schema for them (it would only warn).
-CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # Files in deploy/k8s that are not Kubernetes API objects.
 NOT_API_OBJECTS = {"kustomization.yaml"}
 EXIT_CONFIG = 64
@@ -325,6 +326,78 @@ def pod_invariants(checks: Checks, docs: list[dict], values: dict, label: str) -
     checks.expect(not missing, f"{label}: every volume source is rendered or named as existing", ", ".join(missing))
 
 
+def monitoring_checks(checks: Checks, chart, base: dict, renders: dict[str, list[dict]]) -> None:
+    """The PrometheusRule and the Grafana dashboard ConfigMap: rendered where asked, equal to the
+    files in the repository, thresholds and options reaching every rule; every alert unit-tested
+    (firing and quiet) and with a runbook section."""
+    print("== Monitoring: PrometheusRule and Grafana dashboard")
+    monitoring = renders.get("monitoring-values.yaml", [])
+    default = renders.get("default-values.yaml", [])
+    rules = kind_of(monitoring, "PrometheusRule")
+    dashboards = [d for d in kind_of(monitoring, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    checks.expect(len(rules) == 1 and len(dashboards) == 1, "monitoring: one PrometheusRule and one dashboard ConfigMap rendered")
+    checks.expect(not kind_of(default, "PrometheusRule")
+                  and not [d for d in kind_of(default, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")],
+                  "default: no PrometheusRule, no dashboard ConfigMap")
+    shipped = json.loads((CHART / "dashboards/genesys-kafka-bridge.json").read_text())
+    if dashboards:
+        cm = dashboards[0]
+        checks.expect(cm["metadata"]["labels"].get("grafana_dashboard") == "1",
+                      "dashboard ConfigMap carries the sidecar label grafana_dashboard: \"1\"", json.dumps(cm["metadata"]["labels"]))
+        data = cm.get("data", {}).get("genesys-kafka-bridge.json", "")
+        checks.expect(bool(data) and json.loads(data) == shipped, "dashboard ConfigMap holds dashboards/genesys-kafka-bridge.json unchanged")
+    plain = yaml.safe_load((MONITORING / "prometheus-rules.yaml").read_text())
+    if rules:
+        spec = rules[0]["spec"]
+        checks.expect(spec == plain, "monitoring (default thresholds): PrometheusRule spec = deploy/monitoring/prometheus-rules.yaml",
+                      diff(plain, spec))
+    alerts = [r for g in plain["groups"] for r in g["rules"]]
+    names = [r["alert"] for r in alerts]
+    schema_enum = chart.schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]["disabled"]["items"]["enum"]
+    checks.expect(sorted(schema_enum) == sorted(names), f"schema's prometheusRule.disabled enum = the {len(names)} alerts",
+                  f"only in schema: {sorted(set(schema_enum) - set(names))}; only in the rules: {sorted(set(names) - set(schema_enum))}")
+
+    # Every option reaches the rules.
+    override = {"metrics": {"prometheusRule": {
+        "enabled": True, "selector": 'namespace="genesys"', "alertLabels": {"team": "contact-centre"},
+        "disabled": ["GenesysBridgeNoEvents"], "runbookUrl": "https://git.example.com/README.md#",
+        "thresholds": {"spoolFillRatio": 0.5, "spoolFillFor": "7m", "tokenExpirySeconds": 60, "actorRestarts": 5,
+                       "actorRestartsWindow": "1h", "oldestRecordSeconds": 900, "legDownFor": "1h"}}}}
+    docs = docs_of(chart.render(deep_merge(base, override), name=RELEASE, namespace=NAMESPACE))
+    tuned = {r["alert"]: r for g in kind_of(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    checks.expect("GenesysBridgeNoEvents" not in tuned and len(tuned) == len(names) - 1, "prometheusRule.disabled drops exactly that alert")
+    expect = {"GenesysBridgeSpoolFilling": ("> 0.5", "7m"), "GenesysBridgeTokenExpiring": ("< 60", None),
+              "GenesysBridgeActorRestarting": ("[1h]) >= 5", None), "GenesysBridgeKafkaBacklog": ("> 900", None),
+              "GenesysBridgeLegDown": ("== 0", "1h")}
+    for name, (needle, duration) in expect.items():
+        rule = tuned.get(name, {})
+        checks.expect(needle in rule.get("expr", "") and (duration is None or rule.get("for") == duration),
+                      f"thresholds reach {name}: {needle!r}" + (f", for {duration}" if duration else ""), json.dumps(rule))
+    unselected = [(n, m.group(0)) for n, r in tuned.items()
+                  for m in re.finditer(r"genesys_bridge_\w+(\{[^}]*\})?", r["expr"])
+                  if not (m.group(1) or "").startswith('{namespace="genesys"')]
+    checks.expect(not unselected, "prometheusRule.selector is in every selector of every rule", json.dumps(unselected))
+    checks.expect(all(r["labels"].get("team") == "contact-centre" and r["labels"].get("severity") for r in tuned.values()),
+                  "alertLabels on every alert, beside its severity")
+    checks.expect(all(r["annotations"].get("runbook_url") == "https://git.example.com/README.md#" + n.lower()
+                      and "Runbook:" not in r["annotations"]["description"] for n, r in tuned.items()),
+                  "runbookUrl + the alert's anchor on every alert")
+
+    # Unit tests and runbooks.
+    tests = yaml.safe_load((MONITORING / "alerts.test.yaml").read_text())
+    cases = [c for t in tests["tests"] for c in t.get("alert_rule_test", [])]
+    firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    checks.expect(set(names) <= firing, "alerts.test.yaml: every alert has a case where it fires", str(sorted(set(names) - firing)))
+    # A quiet case: an eval with no alert expected, or a test whose series should not fire (pod-b).
+    quiet |= {c["alertname"] for t in tests["tests"] for c in t.get("alert_rule_test", [])
+              if any('instance="pod-b"' in s["series"] for s in t["input_series"])}
+    checks.expect(set(names) <= quiet, "alerts.test.yaml: every alert has a case where it stays quiet", str(sorted(set(names) - quiet)))
+    readme = (CHART / "README.md").read_text()
+    missing = [n for n in names if f"### {n}\n" not in readme]
+    checks.expect(not missing, "chart README: a runbook section (### <alert>) for every alert", str(missing))
+
+
 def duration_seconds(text: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
     return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text))
@@ -483,6 +556,8 @@ def main() -> int:
     checks.expect(not [d for d in existing if d["kind"] == "Secret"], "existing-secret: no chart-created Secret")
     checks.expect(config("existing-secret-values.yaml").get("kafka", {}).get("properties", {}).get("linger.ms") == "20", "existing-secret: integer librdkafka property rendered as a string")
 
+    monitoring_checks(checks, chart, base, renders)
+
     print("== config.existingSecret: the chart renders no config and mounts the given Secret")
     try:
         docs = docs_of(chart.render(deep_merge(base, {"config": {"existingSecret": "my-bridge-toml", "existingSecretKey": "custom.toml"}}), name=RELEASE, namespace=NAMESPACE))
@@ -497,6 +572,14 @@ def main() -> int:
 
     print("== Schema enforcement: values of the wrong type or unknown keys fail the render")
     schema_cases = [
+        ({"metrics": {"prometheusRule": {"disabled": ["GenesysBridgeNoSuchAlert"]}}}, "/metrics/prometheusRule/disabled/0",
+         "metrics.prometheusRule.disabled: an alert that does not exist"),
+        ({"metrics": {"prometheusRule": {"thresholds": {"noEventsFor": "30 minutes"}}}}, "/metrics/prometheusRule/thresholds/noEventsFor",
+         'metrics.prometheusRule.thresholds.noEventsFor: "30 minutes"'),
+        ({"metrics": {"prometheusRule": {"thresholds": {"spoolFillRatio": 80}}}}, "/metrics/prometheusRule/thresholds/spoolFillRatio",
+         "metrics.prometheusRule.thresholds.spoolFillRatio: 80 (a share, 0-1)"),
+        ({"metrics": {"prometheusRule": {"selector": '{namespace="x"}'}}}, "/metrics/prometheusRule/selector",
+         "metrics.prometheusRule.selector with braces"),
         ({"livenessProbe": {"periodSeconds": "ten"}}, "/livenessProbe/periodSeconds", 'livenessProbe.periodSeconds: "ten"'),
         ({"service": {"port": "8080"}}, "/service/port", 'service.port: "8080" (a string)'),
         ({"replicaCount": 2}, "replicaCount", "replicaCount (there is no such value: one replica)"),
