@@ -87,32 +87,49 @@ async fn metrics(state: web::Data<HttpState>, request: actix_web::HttpRequest) -
     }
     if accepts_openmetrics(&request) {
         HttpResponse::Ok()
+            .insert_header((actix_web::http::header::VARY, "Accept"))
             .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(state.metrics.encode())
     } else {
         HttpResponse::Ok()
+            .insert_header((actix_web::http::header::VARY, "Accept"))
             .content_type("text/plain; version=0.0.4; charset=utf-8")
             .body(state.metrics.encode_prometheus_text())
     }
 }
 
-/// Whether the request's `Accept` names OpenMetrics (with any quality above 0).
+/// Whether the request's `Accept` prefers OpenMetrics: named with a quality above 0 and not
+/// below that of `text/plain` (or of `*/*` / `text/*` standing in for it).
 fn accepts_openmetrics(request: &actix_web::HttpRequest) -> bool {
-    request
+    let header: Vec<String> = request
         .headers()
         .get_all(actix_web::http::header::ACCEPT)
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let media = parts.next().unwrap_or_default();
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-        })
+        .map(str::to_owned)
+        .collect();
+    prefers_openmetrics(&header.join(","))
+}
+
+fn prefers_openmetrics(accept: &str) -> bool {
+    let mut openmetrics: Option<f32> = None;
+    let mut text: Option<f32> = None;
+    for item in accept.split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+            .unwrap_or(1.0);
+        let slot = match media.as_str() {
+            "application/openmetrics-text" => &mut openmetrics,
+            "text/plain" | "text/*" | "*/*" => &mut text,
+            _ => continue,
+        };
+        *slot = Some(slot.map_or(q, |seen| seen.max(q)));
+    }
+    match openmetrics {
+        Some(q) if q > 0.0 => q >= text.unwrap_or(0.0),
+        _ => false,
+    }
 }
 
 async fn status(state: web::Data<HttpState>) -> HttpResponse {
@@ -201,4 +218,28 @@ pub fn server(
     .bind(listen)?;
     let bound = server.addrs().first().copied().unwrap_or(listen);
     Ok((server.run(), bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_openmetrics;
+
+    #[test]
+    fn openmetrics_only_when_preferred() {
+        // Prometheus 2.x.
+        assert!(prefers_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(prefers_openmetrics("application/openmetrics-text"));
+        assert!(!prefers_openmetrics(""));
+        assert!(!prefers_openmetrics("*/*"));
+        assert!(!prefers_openmetrics("text/plain;version=0.0.4"));
+        assert!(!prefers_openmetrics(
+            "application/openmetrics-text;q=0.1, text/plain"
+        ));
+        assert!(!prefers_openmetrics("application/openmetrics-text;q=0"));
+        assert!(prefers_openmetrics(
+            "text/plain;q=0.2, application/openmetrics-text;q=0.9"
+        ));
+    }
 }

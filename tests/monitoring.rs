@@ -159,9 +159,10 @@ fn a_real_prometheus_scrapes_the_bridge_and_every_alert_and_dashboard_query_eval
     let dir = tempfile::tempdir().unwrap();
 
     // The bridge: the demo (simulator, embedded Kafka; a maintenance close at a third of its
-    // duration, a Kafka slowdown at half).
+    // duration, a Kafka slowdown at half). The checks below take seconds once the close came
+    // (at 50 s); the demo serves for 150 s.
     let mut demo = Command::new(BIN)
-        .args(["demo", "--duration", "120s", "--http", "127.0.0.1:0"])
+        .args(["demo", "--duration", "150s", "--http", "127.0.0.1:0"])
         .arg("--spool-dir")
         .arg(dir.path().join("spool"))
         .stdout(Stdio::piped())
@@ -262,7 +263,7 @@ fn a_real_prometheus_scrapes_the_bridge_and_every_alert_and_dashboard_query_eval
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
         .spawn()
         .expect("start prometheus");
     let _server = Killed(server);
@@ -275,7 +276,7 @@ fn a_real_prometheus_scrapes_the_bridge_and_every_alert_and_dashboard_query_eval
             .is_ok_and(|r| r.status() == 200)
     });
 
-    // The target is up: Prometheus parsed the exposition it negotiated (OpenMetrics).
+    // The target is up: Prometheus parsed what /metrics served it.
     let mut target = Value::Null;
     wait_until("the bridge scraped", Duration::from_secs(30), || {
         target = prom.api("/api/v1/targets", &[])["data"]["activeTargets"][0].clone();

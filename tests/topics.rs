@@ -258,4 +258,18 @@ refresh_interval = "300ms"
     );
     assert_eq!(bridge.metric("genesys_bridge_topics_subscribed"), 5.0);
     assert_eq!(bridge.status()["shards"].as_array().unwrap().len(), 1);
+    // The stopped shard's series are gone, or its last values (legs down, not streaming) would
+    // stay and fire GenesysBridgeLegDown / GenesysBridgeShardNotStreaming until a restart.
+    wait_until(
+        "no series of the stopped shard in /metrics",
+        Duration::from_secs(10),
+        || {
+            let (_, metrics) = bridge.get("/metrics").unwrap();
+            !metrics.contains("shard=\"1\"")
+        },
+    );
+    assert_eq!(
+        bridge.metric("genesys_bridge_shard_streaming{shard=\"0\"}"),
+        1.0
+    );
 }

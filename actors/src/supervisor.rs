@@ -131,6 +131,9 @@ pub const EXIT_CRASH_LOOP: i32 = 70;
 /// Process exit code for a topic set that cannot be streamed (EX_CONFIG).
 pub const EXIT_TOPICS: i32 = 78;
 
+/// Legs a shard can have (`socket.redundancy` is 1 or 2).
+const MAX_LEGS: usize = 2;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum ChildId {
     Producer,
@@ -600,6 +603,7 @@ impl Supervisor {
                 if let Some(addr) = slot.get() {
                     let arbiter = child.arbiter;
                     let health = self.health.clone();
+                    let metrics = self.metrics.clone();
                     actix_rt::spawn(async move {
                         let _ =
                             tokio::time::timeout(Duration::from_secs(5), addr.send(StopReading))
@@ -608,6 +612,7 @@ impl Supervisor {
                         // It publishes nothing once stopping; what it published before the
                         // stop reached it must not bring the shard back into /status.
                         health.remove_shard(shard);
+                        metrics.forget_shard(shard, MAX_LEGS);
                     });
                 } else {
                     child.arbiter.stop();
@@ -618,6 +623,7 @@ impl Supervisor {
         self.topic_updates_due.remove(&shard);
         self.states.remove(shard);
         self.health.remove_shard(shard);
+        self.metrics.forget_shard(shard, MAX_LEGS);
     }
 }
 

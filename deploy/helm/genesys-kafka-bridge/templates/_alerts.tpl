@@ -12,7 +12,11 @@ comma, for selectors with matchers of their own.
 {{- $b := ternary (printf "{%s}" $s) "" (ne $s "") -}}
 {{- $c := ternary (printf "%s," $s) "" (ne $s "") -}}
 - alert: GenesysBridgeGapRecorded
-  expr: increase(genesys_bridge_gaps_total{{ $b }}[5m]) > 0
+  # The second half: a process whose first scrape already counts a gap (the gap of its own
+  # restart, recorded before Prometheus first saw the new instance) has no increase() to show.
+  expr: >-
+    (increase(genesys_bridge_gaps_total{{ $b }}[5m]) > 0)
+    or (genesys_bridge_gaps_total{{ $b }} > 0 unless genesys_bridge_gaps_total{{ $b }} offset 5m)
   labels:
     severity: warning
   annotations:
@@ -70,7 +74,7 @@ comma, for selectors with matchers of their own.
       producer). Records stay in the spool until it is fixed; the spool fills.
 - alert: GenesysBridgeDeliveryFailing
   expr: >-
-    (sum without (reason) (rate(genesys_bridge_events_failed_total{{ $b }}[5m])) > 0)
+    (sum without (reason) (rate(genesys_bridge_events_failed_total{ {{- $c -}} reason!~"spool_io|status_dropped|queue_full"}[5m])) > 0)
     unless (rate(genesys_bridge_events_produced_total{{ $b }}[5m]) > 0)
   for: {{ $t.deliveryFailingFor }}
   labels:
@@ -129,7 +133,9 @@ comma, for selectors with matchers of their own.
       No socket of the shard has streamed for {{ $t.shardDownFor }}: its topics' events are lost
       meanwhile (a gap record says from when to when).
 - alert: GenesysBridgeLegDown
-  expr: genesys_bridge_leg_up{{ $b }} == 0
+  # Only while the shard streams on another leg: a shard with no leg up is
+  # GenesysBridgeShardNotStreaming.
+  expr: (genesys_bridge_leg_up{{ $b }} == 0) and ignoring (leg) (genesys_bridge_shard_streaming{{ $b }} == 1)
   for: {{ $t.legDownFor }}
   labels:
     severity: warning
@@ -138,6 +144,27 @@ comma, for selectors with matchers of their own.
     description: >-
       The shard streams on its other leg without redundancy: the next socket fault of that leg
       loses the events of its detection window.
+- alert: GenesysBridgeNotReady
+  expr: genesys_bridge_ready{{ $b }} == 0
+  for: {{ $t.notReadyFor }}
+  labels:
+    severity: critical
+  annotations:
+    summary: The bridge {{`{{ $labels.instance }}`}} has not been ready for {{ $t.notReadyFor }}
+    description: >-
+      /readyz has answered 503 for {{ $t.notReadyFor }}: no access token, a shard not streaming,
+      the topics not expanded, the spool full, the disk reserve in use, or Kafka refusing the
+      producer for good. Its body (and /status) says which.
+- alert: GenesysBridgeRestarting
+  expr: changes(genesys_bridge_start_time_seconds{{ $b }}[{{ $t.processRestartsWindow }}]) >= {{ $t.processRestarts }}
+  labels:
+    severity: warning
+  annotations:
+    summary: The bridge process of {{`{{ $labels.instance }}`}} restarted {{`{{ $value | printf "%.0f" }}`}} times in {{ $t.processRestartsWindow }}
+    description: >-
+      The process exits and is started again (a crash loop of an actor, exit 70; the spool
+      locked or unreadable, exit 73; the Kafka producer refused for good, exit 69; an OOM kill).
+      Each restart of a lone replica is a gap.
 - alert: GenesysBridgeLifecycleCheckpointFailing
   expr: increase(genesys_bridge_lifecycle_checkpoint_failures_total{{ $b }}[10m]) > 0
   labels:
@@ -151,12 +178,13 @@ comma, for selectors with matchers of their own.
   expr: >-
     (increase(genesys_bridge_reconciliation_failures_total{{ $b }}[{{ $t.reconciliationFailingFor }}]) > 0)
     and (increase(genesys_bridge_reconciliation_runs_total{{ $b }}[{{ $t.reconciliationFailingFor }}]) == 0)
+    and (time() - genesys_bridge_start_time_seconds{{ $b }} > {{ include "gkb.alertSeconds" $t.reconciliationFailingFor }})
   labels:
     severity: warning
   annotations:
     summary: Lifecycle reconciliation of {{`{{ $labels.instance }}`}} fails
     description: >-
-      Analytics requests of reconciliation fail and no run completed in
+      Reconciliation runs fail (an analytics request failed) and none completed in
       {{ $t.reconciliationFailingFor }}: conversations whose end the stream did not see stay open.
 {{- end -}}
 
