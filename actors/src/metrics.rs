@@ -64,6 +64,20 @@ pub const ACTORS: [&str; 6] = [
 /// and records the file could not take either.
 pub const DEAD_LETTER_DESTINATIONS: [&str; 3] = ["topic", "file", "file_failed"];
 
+/// `frames_received` by kind, registered once: the per-frame path increments an atomic, with no
+/// label to build or family lock to take.
+#[derive(Clone)]
+pub struct FrameCounters {
+    pub event: Counter,
+    pub heartbeat: Counter,
+    pub pong: Counter,
+    pub metadata: Counter,
+    pub socket_closing: Counter,
+    pub channel_invalidated: Counter,
+    pub system: Counter,
+    pub malformed: Counter,
+}
+
 /// Every metric the bridge exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -535,6 +549,25 @@ impl Metrics {
     /// `promtool check metrics`, older scrapers).
     pub fn encode_prometheus_text(&self) -> String {
         openmetrics_to_prometheus_text(&self.encode())
+    }
+
+    /// Handles on `frames_received` for every frame kind.
+    pub fn frame_counters(&self) -> FrameCounters {
+        let kind = |label: &str| {
+            self.frames_received
+                .get_or_create(&Metrics::kind(label))
+                .clone()
+        };
+        FrameCounters {
+            event: kind("event"),
+            heartbeat: kind("heartbeat"),
+            pong: kind("pong"),
+            metadata: kind("metadata"),
+            socket_closing: kind("socket_closing"),
+            channel_invalidated: kind("channel_invalidated"),
+            system: kind("system"),
+            malformed: kind("malformed"),
+        }
     }
 
     pub fn reason(reason: &str) -> ReasonLabel {

@@ -117,6 +117,10 @@ async fn serve(
             .configure(rest_routes)
     })
     .workers(workers)
+    // TCP_NODELAY: actix-web leaves Nagle's algorithm on, which holds a small frame written behind
+    // an unacknowledged one until the client's delayed ACK (up to 40 ms on Linux): that was in
+    // every latency the benchmarks measured (bench/README.md). A frame goes out when it is sent.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(rest_listener)?
@@ -129,6 +133,7 @@ async fn serve(
             .default_service(web::to(|| async { crate::errors::not_found("resource") }))
     })
     .workers(workers)
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(ws_listener)?

@@ -177,19 +177,20 @@ pub struct EventMeta {
 struct EnvelopeFull<'a> {
     #[serde(rename = "topicName", borrow)]
     topic_name: std::borrow::Cow<'a, str>,
-    #[serde(rename = "eventBody", default)]
-    event_body: Option<BodyIds>,
+    #[serde(rename = "eventBody", default, borrow)]
+    event_body: Option<BodyIds<'a>>,
     #[serde(default)]
     metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct BodyIds {
+struct BodyIds<'a> {
     #[serde(default)]
     conversation_id: Option<String>,
-    #[serde(default)]
-    id: Option<serde_json::Value>,
+    /// Kept raw: only a string id is used, and an object or array here is not built.
+    #[serde(default, borrow)]
+    id: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,7 +205,10 @@ pub fn event_meta(text: &[u8]) -> Result<EventMeta, FrameError> {
         serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
     let topic = envelope.topic_name.into_owned();
     let body = envelope.event_body.unwrap_or_default();
-    let body_id = body.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
+    let body_id = body
+        .id
+        .filter(|raw| raw.get().starts_with('"'))
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
     let key = if topic.starts_with("v2.detail.events.conversation.") {
         body.conversation_id.or_else(|| topic_entity_id(&topic))
     } else {
@@ -230,13 +234,10 @@ fn is_conversation_topic(topic: &str) -> bool {
 /// The id inside a topic name: the segment after the entity kind
 /// (`v2.routing.queues.{id}.…`, `v2.users.{id}.…`, `v2.detail.events.conversation.{id}.…`).
 pub fn topic_entity_id(topic: &str) -> Option<String> {
-    let parts: Vec<&str> = topic.split('.').collect();
     let kinds = ["queues", "users", "conversation", "conversations", "groups"];
-    parts
-        .iter()
-        .position(|part| kinds.contains(part))
-        .and_then(|index| parts.get(index + 1))
-        .map(|id| (*id).to_string())
+    let mut parts = topic.split('.');
+    parts.by_ref().find(|part| kinds.contains(part))?;
+    parts.next().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -279,5 +280,20 @@ mod tests {
         assert_eq!(event_meta(stats).unwrap().key.as_deref(), Some("q9"));
         let user = br#"{"topicName":"v2.users.u1.presence","eventBody":{"id":"p"}}"#;
         assert_eq!(event_meta(user).unwrap().key.as_deref(), Some("u1"));
+        // An id that is not a string is not a key; an escaped one is unescaped.
+        let numeric = br#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":7}}"#;
+        assert_eq!(event_meta(numeric).unwrap().key.as_deref(), Some("q1"));
+        let nested =
+            br#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":{"a":[1]}}}"#;
+        assert_eq!(event_meta(nested).unwrap().key.as_deref(), Some("q1"));
+        let escaped =
+            br#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":"c\u0031"}}"#;
+        assert_eq!(event_meta(escaped).unwrap().key.as_deref(), Some("c1"));
+        assert_eq!(
+            topic_entity_id("v2.users.u1.presence").as_deref(),
+            Some("u1")
+        );
+        assert_eq!(topic_entity_id("v2.users"), None);
+        assert_eq!(topic_entity_id("v2.system.socket_closing"), None);
     }
 }

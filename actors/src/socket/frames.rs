@@ -11,7 +11,6 @@ use super::lifecycle::Place;
 use super::merge::{self, Verdict};
 use super::SocketActor;
 use crate::genesys::wire::{classify_frame, FrameKind};
-use crate::metrics::Metrics;
 use crate::spool::{Record, RecordKind};
 
 /// Spool record kind of a frame that is not a notification envelope (binary, not JSON, no
@@ -117,20 +116,17 @@ impl SocketActor {
                 "binary frame".into(),
             ))
         };
-        let label = match &kind {
-            Ok(FrameKind::Heartbeat) => "heartbeat",
-            Ok(FrameKind::Pong) => "pong",
-            Ok(FrameKind::Metadata) => "metadata",
-            Ok(FrameKind::SocketClosing) => "socket_closing",
-            Ok(FrameKind::ChannelInvalidated(_)) => "channel_invalidated",
-            Ok(FrameKind::OtherSystem(_)) => "system",
-            Ok(FrameKind::Event) => "event",
-            Err(_) => "malformed",
+        let counter = match &kind {
+            Ok(FrameKind::Heartbeat) => &self.frames.heartbeat,
+            Ok(FrameKind::Pong) => &self.frames.pong,
+            Ok(FrameKind::Metadata) => &self.frames.metadata,
+            Ok(FrameKind::SocketClosing) => &self.frames.socket_closing,
+            Ok(FrameKind::ChannelInvalidated(_)) => &self.frames.channel_invalidated,
+            Ok(FrameKind::OtherSystem(_)) => &self.frames.system,
+            Ok(FrameKind::Event) => &self.frames.event,
+            Err(_) => &self.frames.malformed,
         };
-        self.metrics
-            .frames_received
-            .get_or_create(&Metrics::kind(label))
-            .inc();
+        counter.inc();
         match kind {
             Ok(FrameKind::Pong) => {
                 // Everything the server queued before answering the oldest ping is handled.
@@ -162,8 +158,14 @@ impl SocketActor {
                 tracing::info!(shard = self.shard, topic = %topic, "system message");
             }
             Ok(FrameKind::Event) => {
-                self.health
-                    .shard(self.shard, |s| s.last_event_at = Some(now));
+                let due = self
+                    .last_event_published
+                    .is_none_or(|at| seen_at.duration_since(at) >= super::EVENT_HEALTH_EVERY);
+                if due {
+                    self.last_event_published = Some(seen_at);
+                    self.health
+                        .shard(self.shard, |s| s.last_event_at = Some(now));
+                }
                 self.deliver(conn_id, data, now_ms, ctx);
             }
             Err(error) => {

@@ -288,7 +288,14 @@ pub struct SocketActor {
     /// Where closed gaps go to be filled from the analytics API (when backfill is enabled).
     backfill: Option<BackfillQueue>,
     conversations: Option<crate::conversations::Conversations>,
+    frames: crate::metrics::FrameCounters,
+    /// When `last_event_at` was last written to the health state (at most every
+    /// `EVENT_HEALTH_EVERY`, not per event).
+    last_event_published: Option<Instant>,
 }
+
+/// How often an event stream updates the shard's `last_event_at` in `/status`.
+const EVENT_HEALTH_EVERY: Duration = Duration::from_millis(100);
 
 impl SocketActor {
     pub fn new(
@@ -313,7 +320,10 @@ impl SocketActor {
         let client = GenesysClient::new(settings.endpoints.clone(), settings.request_timeout);
         let merge = merge::Merge::new(settings.dedup_capacity, settings.dedup_window);
         let cell = states.cell(shard);
+        let frames = metrics.frame_counters();
         Self {
+            frames,
+            last_event_published: None,
             shard,
             topics,
             client,
