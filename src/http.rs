@@ -98,38 +98,25 @@ async fn metrics(state: web::Data<HttpState>, request: actix_web::HttpRequest) -
     }
 }
 
-/// Whether the request's `Accept` prefers OpenMetrics: named with a quality above 0 and not
-/// below that of `text/plain` (or of `*/*` / `text/*` standing in for it).
+/// Whether the request's `Accept` (parsed by actix-web) prefers OpenMetrics: named with a quality
+/// above 0 and not below that of `text/plain` (or of `text/*`, `*/*` standing in for it).
 fn accepts_openmetrics(request: &actix_web::HttpRequest) -> bool {
-    let header: Vec<String> = request
-        .headers()
-        .get_all(actix_web::http::header::ACCEPT)
-        .filter_map(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    prefers_openmetrics(&header.join(","))
+    use actix_web::http::header::Header as _;
+    actix_web::http::header::Accept::parse(request).is_ok_and(|accept| prefers_openmetrics(&accept))
 }
 
-fn prefers_openmetrics(accept: &str) -> bool {
-    let mut openmetrics: Option<f32> = None;
-    let mut text: Option<f32> = None;
-    for item in accept.split(',') {
-        let mut parts = item.split(';').map(str::trim);
-        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
-        let q = parts
-            .find_map(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
-            .unwrap_or(1.0);
-        let slot = match media.as_str() {
-            "application/openmetrics-text" => &mut openmetrics,
-            "text/plain" | "text/*" | "*/*" => &mut text,
-            _ => continue,
-        };
-        *slot = Some(slot.map_or(q, |seen| seen.max(q)));
-    }
-    match openmetrics {
-        Some(q) if q > 0.0 => q >= text.unwrap_or(0.0),
-        _ => false,
-    }
+fn prefers_openmetrics(accept: &actix_web::http::header::Accept) -> bool {
+    use actix_web::http::header::Quality;
+    let best = |wanted: fn(&str, &str) -> bool| {
+        accept
+            .iter()
+            .filter(|item| wanted(item.item.type_().as_str(), item.item.subtype().as_str()))
+            .map(|item| item.quality)
+            .max()
+    };
+    let openmetrics = best(|t, s| t == "application" && s == "openmetrics-text");
+    let text = best(|t, s| (t == "text" && (s == "plain" || s == "*")) || (t == "*" && s == "*"));
+    openmetrics.is_some_and(|q| q > Quality::ZERO && q >= text.unwrap_or(Quality::ZERO))
 }
 
 async fn status(state: web::Data<HttpState>) -> HttpResponse {
@@ -222,7 +209,14 @@ pub fn server(
 
 #[cfg(test)]
 mod tests {
-    use super::prefers_openmetrics;
+    use actix_web::http::header::{Accept, Header as _};
+
+    fn prefers_openmetrics(accept: &str) -> bool {
+        let request = actix_web::test::TestRequest::default()
+            .insert_header((actix_web::http::header::ACCEPT, accept))
+            .to_http_request();
+        Accept::parse(&request).is_ok_and(|accept| super::prefers_openmetrics(&accept))
+    }
 
     #[test]
     fn openmetrics_only_when_preferred() {
