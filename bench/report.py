@@ -265,6 +265,42 @@ def render(results: dict, profile: dict) -> str:
     else:
         lines += ["**did not run**", ""]
 
+    # 6. scale ---------------------------------------------------------------------------------
+    sc = w.get("scale", {})
+    if sc or profile.get("scale_events_per_s"):
+        lines += [
+            "## 6. 20,000 topics on one pod",
+            "",
+            f"{fmt(profile.get('scale_events_per_s'))} events/s in total for {profile.get('scale_s')} s, "
+            "injected by the harness as bursts every 50 ms spread evenly over the bridge's channels "
+            "(`target: all`, each channel its own events on its first subscribed topic), with "
+            "`redundancy = 1`: once through one channel (the usual org, "
+            f"{profile.get('queues')} queues and {profile.get('agents')} agents) and once through 20 "
+            f"channels of 1,000 topics ({profile.get('scale_queues')} queues and "
+            f"{profile.get('scale_agents')} users: every one's `conversations` topic). The two runs "
+            "differ only in channels and topics. CPU and peak RSS as in section 3.",
+            "",
+        ]
+        one, many = sc.get("one_channel"), sc.get("20k_topics")
+        if one or many:
+            lines += ["| measure | one channel | 20,000 topics |", "|---|---:|---:|"]
+            def cell(r, key, digits=1):
+                return fmt(r.get(key), digits) if r else "—"
+            for label, key, digits in (("topics subscribed", "topics", 0), ("channels streaming", "channels", 0),
+                                       ("events sent (ledger)", "ledger_events", 0), ("landed", "landed", 0),
+                                       ("lost / duplicated", "lost_dup", 0), ("events/s sent", "events_per_s", 0),
+                                       ("latency p99 (ms)", "p99_ms", 1), ("peak RSS (MiB, VmHWM)", "peak_rss_mib", 1),
+                                       ("**CPU s per 10,000 events**", "cpu_s_per_10k", 3)):
+                a = with_lost_dup({"x": one}).get("x") if one else None
+                b = with_lost_dup({"x": many}).get("x") if many else None
+                lines.append(f"| {label} | {cell(a, key, digits)} | {cell(b, key, digits)} |")
+            if one and many and one.get("cpu_s_per_10k"):
+                lines.append(f"| CPU per event, 20,000 topics ÷ one channel | | "
+                             f"{fmt(many['cpu_s_per_10k'] / one['cpu_s_per_10k'], 2)}× |")
+            lines.append("")
+        else:
+            lines += ["**did not run**", ""]
+
     # checks ------------------------------------------------------------------------------------
     lines += ["## Consistency checks", ""]
     for c in results.get("checks", []):
@@ -364,6 +400,18 @@ def targets(w: dict, profile: dict) -> list[str]:
     if lc and lc.get("p99_ms") is not None:
         rows.append(("p99 from the model's end to `conversation.ended` in Kafka < 2 s (ends the stream saw)",
                      f"p99 {fmt(lc['p99_ms'])} ms over {fmt(lc['stream_ends'], 0)} conversations", lc["p99_ms"] < 2000))
+    sc = w.get("scale", {})
+    one, many = sc.get("one_channel"), sc.get("20k_topics")
+    if one and many and one.get("cpu_s_per_10k"):
+        cpu_ratio = many["cpu_s_per_10k"] / one["cpu_s_per_10k"]
+        rows.append((f"20,000 topics at {fmt(profile.get('scale_events_per_s'))} events/s: CPU per event within 1.2× of one channel",
+                     f"{fmt(many['cpu_s_per_10k'], 3)} vs {fmt(one['cpu_s_per_10k'], 3)} CPU s per 10k events "
+                     f"({fmt(cpu_ratio, 2)}×); peak RSS {fmt(many['peak_rss_mib'])} MiB vs {fmt(one['peak_rss_mib'])} MiB",
+                     cpu_ratio <= 1.2))
+    h = w.get("high", {})
+    if h.get("bridge"):
+        rows.append((f"peak RSS < 32 MiB at 10,000 events/s (measured: {fmt(h['bridge']['events_per_s'], 0)} events/s)",
+                     f"{fmt(h['bridge']['peak_rss_mib'])} MiB", h["bridge"]["peak_rss_mib"] < 32))
     if not rows:
         return []
     out = ["## Targets (measured, not asserted)", "", "| target | measured | met |", "|---|---|---|"]

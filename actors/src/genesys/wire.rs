@@ -1,5 +1,7 @@
 //! Wire types of the Genesys REST API and the notification envelope.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// `POST /oauth/token` answer.
@@ -163,63 +165,94 @@ pub fn classify_frame(text: &[u8]) -> Result<FrameKind, FrameError> {
     Ok(FrameKind::Event)
 }
 
-/// What the Kafka producer needs from an event envelope.
+/// What the Kafka producer needs from an event envelope, borrowed from the frame where the
+/// JSON has no escapes (it runs for every event).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventMeta {
-    pub topic: String,
+pub struct EventMeta<'a> {
+    pub topic: Cow<'a, str>,
     /// The entity id the event is about: the conversation id where the body has one, else the
     /// id inside the topic name.
-    pub key: Option<String>,
-    pub correlation_id: Option<String>,
+    pub key: Option<Cow<'a, str>>,
+    pub correlation_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct EnvelopeFull<'a> {
     #[serde(rename = "topicName", borrow)]
-    topic_name: std::borrow::Cow<'a, str>,
+    topic_name: Cow<'a, str>,
     #[serde(rename = "eventBody", default, borrow)]
     event_body: Option<BodyIds<'a>>,
-    #[serde(default)]
-    metadata: Option<Metadata>,
+    #[serde(default, borrow)]
+    metadata: Option<Metadata<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct BodyIds<'a> {
-    #[serde(default)]
-    conversation_id: Option<String>,
+    #[serde(default, borrow)]
+    conversation_id: Option<Text<'a>>,
     /// Kept raw: only a string id is used, and an object or array here is not built.
     #[serde(default, borrow)]
     id: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize, Default)]
-struct Metadata {
-    #[serde(rename = "CorrelationId", default)]
-    correlation_id: Option<String>,
+struct Metadata<'a> {
+    #[serde(rename = "CorrelationId", default, borrow)]
+    correlation_id: Option<Text<'a>>,
+}
+
+/// A string borrowed from the frame when it has no escapes. (serde borrows a `Cow<str>` field
+/// only when it is the field's whole type, not inside an `Option`: hence the newtype.)
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A raw JSON string as text: borrowed when it has no escapes.
+fn raw_str(raw: &serde_json::value::RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    if !text.contains('\\') && text.len() >= 2 {
+        return Some(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
 /// Reads topic, key and correlation id of an event envelope.
-pub fn event_meta(text: &[u8]) -> Result<EventMeta, FrameError> {
+pub fn event_meta(text: &[u8]) -> Result<EventMeta<'_>, FrameError> {
+    fn from_topic<'a>(topic: &Cow<'a, str>) -> Option<Cow<'a, str>> {
+        match topic {
+            Cow::Borrowed(topic) => topic_entity_id_str(topic).map(Cow::Borrowed),
+            Cow::Owned(topic) => topic_entity_id(topic).map(Cow::Owned),
+        }
+    }
     let envelope: EnvelopeFull<'_> =
         serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
-    let topic = envelope.topic_name.into_owned();
+    let topic = envelope.topic_name;
     let body = envelope.event_body.unwrap_or_default();
-    let body_id = body
-        .id
-        .filter(|raw| raw.get().starts_with('"'))
-        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
     let key = if topic.starts_with("v2.detail.events.conversation.") {
-        body.conversation_id.or_else(|| topic_entity_id(&topic))
+        body.conversation_id
+            .map(|t| t.0)
+            .or_else(|| from_topic(&topic))
     } else {
         body.conversation_id
-            .or(body_id.filter(|_| is_conversation_topic(&topic)))
-            .or_else(|| topic_entity_id(&topic))
+            .map(|t| t.0)
+            .or_else(|| {
+                body.id
+                    .filter(|_| is_conversation_topic(&topic))
+                    .and_then(raw_str)
+            })
+            .or_else(|| from_topic(&topic))
     };
     Ok(EventMeta {
         topic,
         key,
-        correlation_id: envelope.metadata.and_then(|m| m.correlation_id),
+        correlation_id: envelope
+            .metadata
+            .and_then(|m| m.correlation_id)
+            .map(|t| t.0),
     })
 }
 
@@ -234,10 +267,15 @@ fn is_conversation_topic(topic: &str) -> bool {
 /// The id inside a topic name: the segment after the entity kind
 /// (`v2.routing.queues.{id}.…`, `v2.users.{id}.…`, `v2.detail.events.conversation.{id}.…`).
 pub fn topic_entity_id(topic: &str) -> Option<String> {
+    topic_entity_id_str(topic).map(str::to_string)
+}
+
+/// [`topic_entity_id`], borrowed.
+pub fn topic_entity_id_str(topic: &str) -> Option<&str> {
     let kinds = ["queues", "users", "conversation", "conversations", "groups"];
     let mut parts = topic.split('.');
     parts.by_ref().find(|part| kinds.contains(part))?;
-    parts.next().map(str::to_string)
+    parts.next()
 }
 
 #[cfg(test)]
@@ -289,6 +327,18 @@ mod tests {
         let escaped =
             br#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":"c\u0031"}}"#;
         assert_eq!(event_meta(escaped).unwrap().key.as_deref(), Some("c1"));
+        // Escapes anywhere (topic, key, correlation id): unescaped copies, the same values.
+        let escaped_all = br#"{"topicName":"v2.users.u\u0031.presence","eventBody":{"id":"p"},"metadata":{"CorrelationId":"k\u0039"}}"#;
+        let meta = event_meta(escaped_all).unwrap();
+        assert_eq!(meta.topic, "v2.users.u1.presence");
+        assert_eq!(meta.key.as_deref(), Some("u1"));
+        assert_eq!(meta.correlation_id.as_deref(), Some("k9"));
+        let borrowed = event_meta(snapshot).unwrap();
+        assert!(matches!(borrowed.topic, Cow::Borrowed(_)));
+        assert!(matches!(borrowed.key, Some(Cow::Borrowed(_))));
+        assert!(matches!(borrowed.correlation_id, Some(Cow::Borrowed(_))));
+        let detail_key = event_meta(detail).unwrap().key;
+        assert!(matches!(detail_key, Some(Cow::Borrowed("c2"))));
         assert_eq!(
             topic_entity_id("v2.users.u1.presence").as_deref(),
             Some("u1")

@@ -374,7 +374,7 @@ impl Pump {
         for (key, value) in &outgoing.headers {
             headers = headers.insert(Header {
                 key,
-                value: Some(value.as_str()),
+                value: Some(&**value),
             });
         }
         let stripe = order_key.map(Stripes::stripe);
@@ -383,7 +383,7 @@ impl Pump {
             seq: entry.seq,
             received_at_ms: entry.record.received_at_ms,
             sent_at_ms: chrono::Utc::now().timestamp_millis(),
-            routed_topic: outgoing.topic.clone(),
+            routed_topic: outgoing.topic.to_string(),
             dead_letter: dead_letter.clone(),
             order_key,
             stripe,
@@ -395,7 +395,7 @@ impl Pump {
                 .payload(outgoing.value)
                 .headers(headers);
         if let Some(key) = &outgoing.key {
-            record = record.key(key.as_str());
+            record = record.key(&**key);
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -554,9 +554,9 @@ impl Pump {
             self.to_file(state, entry, routed_topic, reason);
             return Ok(Sent::Taken);
         };
-        let mut headers = vec![
-            ("dead-letter-reason", reason.to_string()),
-            ("routed-topic", routed_topic.to_string()),
+        let mut headers: Vec<(&'static str, std::borrow::Cow<'_, str>)> = vec![
+            ("dead-letter-reason", reason.into()),
+            ("routed-topic", routed_topic.into()),
         ];
         let mut value: &[u8] = &entry.record.payload;
         if too_large {
@@ -566,15 +566,15 @@ impl Pump {
             if !self.to_file_now(state, entry, routed_topic, reason)? {
                 return Ok(Sent::Taken);
             }
-            headers.push(("truncated-from-bytes", value.len().to_string()));
+            headers.push(("truncated-from-bytes", value.len().to_string().into()));
             headers.push((
                 "dead-letter-file",
-                self.settings.dead_letter_file.display().to_string(),
+                self.settings.dead_letter_file.display().to_string().into(),
             ));
             value = &value[..value.len().min(1024)];
         }
         let outgoing = Outgoing {
-            topic,
+            topic: topic.into(),
             key: None,
             headers,
             value,

@@ -1,6 +1,7 @@
 //! What a spool entry becomes in Kafka: topic, key, headers and value, or the reason it can only
 //! be dead-lettered. Pure: no producer, no I/O.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
 use crate::backfill::{BackfillPayload, BACKFILL};
@@ -15,9 +16,10 @@ use super::KafkaSettings;
 /// A record ready for librdkafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Outgoing<'a> {
-    pub(super) topic: String,
-    pub(super) key: Option<String>,
-    pub(super) headers: Vec<(&'static str, String)>,
+    /// Borrowed from the settings for every record the bridge routes (no copy per event).
+    pub(super) topic: Cow<'a, str>,
+    pub(super) key: Option<Cow<'a, str>>,
+    pub(super) headers: Vec<(&'static str, Cow<'a, str>)>,
     pub(super) value: &'a [u8],
 }
 
@@ -45,18 +47,18 @@ pub(super) enum Built<'a> {
 }
 
 /// Builds the Kafka record for `entry`.
-pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &KafkaSettings) -> Built<'a> {
+pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> Built<'a> {
     let record = &entry.record;
-    let common = |mut headers: Vec<(&'static str, String)>| {
-        headers.push(("received-at-ms", record.received_at_ms.to_string()));
-        headers.push(("shard", record.shard.to_string()));
+    let common = |mut headers: Vec<(&'static str, Cow<'a, str>)>| {
+        headers.push(("received-at-ms", record.received_at_ms.to_string().into()));
+        headers.push(("shard", record.shard.to_string().into()));
         headers
     };
     match record.kind {
         RecordKind::Event => match event_meta(&record.payload) {
             Ok(meta) => {
-                let topic = settings.router.route(&meta.topic).to_string();
-                let mut headers = Vec::with_capacity(4);
+                let topic = Cow::Borrowed(settings.router.route(&meta.topic));
+                let mut headers = Vec::with_capacity(6);
                 headers.push(("genesys-topic", meta.topic));
                 if let Some(correlation) = meta.correlation_id {
                     headers.push(("genesys-correlation-id", correlation));
@@ -80,16 +82,18 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &KafkaSettings) -> Buil
                     reason: "unreadable backfill record".into(),
                 };
             };
-            let topic = settings
-                .backfill_topic
-                .clone()
-                .unwrap_or_else(|| settings.status_topic.clone());
+            let topic = Cow::Borrowed(
+                settings
+                    .backfill_topic
+                    .as_deref()
+                    .unwrap_or(&settings.status_topic),
+            );
             Built::Send(Outgoing {
                 topic,
-                key: Some(payload.conversation_id),
+                key: Some(payload.conversation_id.into()),
                 headers: vec![
                     ("bridge-record", "backfill".into()),
-                    ("backfill-gap", payload.gap),
+                    ("backfill-gap", payload.gap.into()),
                 ],
                 value: payload.conversation.get().as_bytes(),
             })
@@ -102,11 +106,11 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &KafkaSettings) -> Buil
                 };
             };
             Built::Send(Outgoing {
-                topic: settings.lifecycle_topic.clone(),
-                key: Some(head.conversation_id),
+                topic: Cow::Borrowed(&settings.lifecycle_topic),
+                key: Some(head.conversation_id.into()),
                 headers: common(vec![
                     ("bridge-record", "lifecycle".into()),
-                    ("lifecycle-id", head.id),
+                    ("lifecycle-id", head.id.into()),
                     ("lifecycle-type", head.kind.as_str().into()),
                     ("lifecycle-source", head.source.as_str().into()),
                 ]),
@@ -121,8 +125,8 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &KafkaSettings) -> Buil
             },
         },
         RecordKind::Gap | RecordKind::Reserved(_) => Built::Send(Outgoing {
-            topic: settings.status_topic.clone(),
-            key: Some(format!("shard-{}", record.shard)),
+            topic: Cow::Borrowed(&settings.status_topic),
+            key: Some(format!("shard-{}", record.shard).into()),
             headers: common(vec![("bridge-record", "status".into())]),
             value: &record.payload,
         }),
@@ -159,14 +163,15 @@ mod tests {
             .headers
             .iter()
             .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_str())
+            .map(|(_, value)| value.as_ref())
     }
 
     #[test]
     fn an_event_is_routed_keyed_by_its_conversation_and_carries_its_metadata() {
         let frame = r#"{"topicName":"v2.users.u1.conversations","version":"2","eventBody":{"id":"c1"},"metadata":{"CorrelationId":"k9"}}"#;
         let entry = entry(Record::event(3, 1_700_000_000_123, frame));
-        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+        let settings_1 = settings(None);
+        let Built::Send(outgoing) = build(&entry, &settings_1) else {
             panic!("routable");
         };
         assert_eq!(outgoing.topic, "user-conversations");
@@ -190,7 +195,8 @@ mod tests {
     fn an_event_no_route_matches_goes_to_the_default_topic() {
         let frame = r#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":"c2"}}"#;
         let entry = entry(Record::event(0, 1, frame));
-        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+        let settings_2 = settings(None);
+        let Built::Send(outgoing) = build(&entry, &settings_2) else {
             panic!("routable");
         };
         assert_eq!(outgoing.topic, "events");
@@ -218,14 +224,16 @@ mod tests {
         let mut record = Record::event(2, 5, payload);
         record.kind = BACKFILL;
         let entry = entry(record);
-        let Built::Send(outgoing) = build(&entry, &settings(Some("backfill"))) else {
+        let backfill_settings = settings(Some("backfill"));
+        let Built::Send(outgoing) = build(&entry, &backfill_settings) else {
             panic!("routable");
         };
         assert_eq!(outgoing.topic, "backfill");
         assert_eq!(outgoing.key.as_deref(), Some("c3"));
         assert_eq!(outgoing.value, br#"{"id":"c3","x":1}"#);
         assert_eq!(header(&outgoing, "backfill-gap"), Some("g1"));
-        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+        let settings_3 = settings(None);
+        let Built::Send(outgoing) = build(&entry, &settings_3) else {
             panic!("routable");
         };
         assert_eq!(
@@ -237,7 +245,8 @@ mod tests {
     #[test]
     fn a_gap_record_goes_to_the_status_topic_keyed_by_shard() {
         let entry = entry(Record::gap(4, 9, r#"{"type":"gap"}"#));
-        let Built::Send(outgoing) = build(&entry, &settings(None)) else {
+        let settings_4 = settings(None);
+        let Built::Send(outgoing) = build(&entry, &settings_4) else {
             panic!("routable");
         };
         assert_eq!(outgoing.topic, "status");

@@ -38,10 +38,33 @@ impl Router {
     }
 
     pub fn route(&self, genesys_topic: &str) -> &str {
-        let segments: Vec<&str> = genesys_topic.split('.').collect();
+        if self.routes.is_empty() {
+            return &self.default_topic;
+        }
+        // Genesys topics have a handful of segments: split them on the stack (this runs for
+        // every event), on the heap only for an unusually long name.
+        let mut stack = [""; 16];
+        let mut count = 0;
+        let mut heap = Vec::new();
+        for segment in genesys_topic.split('.') {
+            if count < stack.len() {
+                stack[count] = segment;
+            } else {
+                if heap.is_empty() {
+                    heap.extend_from_slice(&stack);
+                }
+                heap.push(segment);
+            }
+            count += 1;
+        }
+        let segments = if heap.is_empty() {
+            &stack[..count]
+        } else {
+            &heap[..]
+        };
         self.routes
             .iter()
-            .find(|(pattern, _)| matches(pattern, &segments))
+            .find(|(pattern, _)| matches(pattern, segments))
             .map_or(self.default_topic.as_str(), |(_, topic)| topic.as_str())
     }
 
@@ -69,6 +92,22 @@ fn matches(pattern: &[String], segments: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topics_with_more_segments_than_the_stack_holds_route_the_same() {
+        let router = Router::new(
+            &[Route {
+                pattern: "v2.a.**.z".into(),
+                topic: "deep".into(),
+            }],
+            "events",
+        );
+        let long: String = (0..40).map(|i| format!("s{i}.")).collect();
+        assert_eq!(router.route(&format!("v2.a.{long}z")), "deep");
+        assert_eq!(router.route(&format!("v2.a.{long}y")), "events");
+        assert_eq!(router.route("v2.a.z"), "deep");
+        assert_eq!(router.route("v2.b.z"), "events");
+    }
 
     #[test]
     fn first_matching_rule_wins() {

@@ -17,7 +17,62 @@ use crate::spool::{Record, RecordKind};
 /// topic): the producer sends it straight to the dead-letter destination.
 pub const MALFORMED: RecordKind = RecordKind::Reserved(2);
 
+/// Most frames handed over from one read of a socket (`ready_chunks`); a read that brought
+/// more is handled in several turns.
+pub const FRAMES_PER_READ: usize = 256;
+
+/// The events of the socket read being handled: appended to the spool together, with one
+/// write, when the read's frames are done or before any other frame is handled (a pong proves
+/// delivery only of what is already in the spool; a close or a lost socket must find every
+/// event before it there). Lifecycle derivation appends event by event instead.
+#[derive(Default)]
+pub(super) struct EventBatch {
+    records: Vec<Record>,
+    /// Per record: its connection and receive time (for `frame_handled`).
+    frames: Vec<(u64, i64)>,
+}
+
 impl SocketActor {
+    /// Appends the batched events of this read. A refused one is dealt with as a single append
+    /// would be (`block`: held; an I/O error: reading paused); the events after it are not
+    /// handled, as frames that arrive after the sockets are closed are not: they lie after
+    /// the proven point the pause's gap record starts from.
+    pub(super) fn flush_events(&mut self, ctx: &mut Context<Self>) {
+        if self.batch.records.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let outcome = self.spool.append_batch(&batch.records);
+        let mut results = outcome
+            .outcomes
+            .into_iter()
+            .map(Ok)
+            .chain(outcome.error.map(Err));
+        let total = batch.records.len();
+        let mut handled = 0;
+        for (record, (conn_id, received_at_ms)) in
+            batch.records.drain(..).zip(batch.frames.drain(..))
+        {
+            let Some(result) = results.next() else {
+                break;
+            };
+            handled += 1;
+            if self.append_done(record, result, ctx) {
+                self.frame_handled(conn_id, received_at_ms);
+            }
+        }
+        if handled < total {
+            tracing::debug!(
+                shard = self.shard,
+                not_handled = total - handled,
+                "events after a refused append left to the pause's gap record"
+            );
+        }
+        batch.records.clear();
+        batch.frames.clear();
+        self.batch = batch; // keeps the allocations
+    }
+
     pub(super) fn on_frame(&mut self, conn_id: u64, frame: ws::Frame, ctx: &mut Context<Self>) {
         if self.place(conn_id).is_none() {
             return; // a closed connection's last words
@@ -33,6 +88,7 @@ impl SocketActor {
             }
             ws::Frame::Pong(_) => {}
             ws::Frame::Close(reason) => {
+                self.flush_events(ctx);
                 if matches!(self.place(conn_id), Some(Place::Draining(_))) {
                     tracing::debug!(shard = self.shard, ?reason, "replaced socket closed");
                 } else {
@@ -127,6 +183,11 @@ impl SocketActor {
             Err(_) => &self.frames.malformed,
         };
         counter.inc();
+        if !matches!(kind, Ok(FrameKind::Event)) {
+            // Whatever this frame says (a pong's proof, a close, a malformed frame's place in
+            // the spool), the events before it are in the spool first.
+            self.flush_events(ctx);
+        }
         match kind {
             Ok(FrameKind::Pong) => {
                 // Everything the server queued before answering the oldest ping is handled.
@@ -277,8 +338,14 @@ impl SocketActor {
             }
         }
         let record = Record::event(self.shard, received_at_ms, data);
-        if self.append(record, ctx) {
-            self.frame_handled(conn_id, received_at_ms);
+        if self.conversations.is_some() {
+            // Lifecycle records are derived under the conversations' lock, event by event.
+            if self.append(record, ctx) {
+                self.frame_handled(conn_id, received_at_ms);
+            }
+            return;
         }
+        self.batch.records.push(record);
+        self.batch.frames.push((conn_id, received_at_ms));
     }
 }

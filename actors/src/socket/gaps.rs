@@ -204,6 +204,16 @@ impl SocketActor {
             }
             _ => self.spool.append(&record),
         };
+        self.append_done(record, appended, ctx)
+    }
+
+    /// What [`append`](Self::append) does once the spool answered for `record`.
+    pub(super) fn append_done(
+        &mut self,
+        record: Record,
+        appended: Result<AppendOutcome, SpoolError>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
         match appended {
             Ok(AppendOutcome::Appended { .. }) => {
                 self.spool_io_failures = 0;

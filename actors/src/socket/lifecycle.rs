@@ -371,12 +371,12 @@ impl SocketActor {
             reused,
         } = established;
         let (sink, stream) = framed.split();
-        let stream =
-            stream
-                .map(move |item| ConnItem::Frame(id, item))
-                .chain(futures_util::stream::once(
-                    async move { ConnItem::Ended(id) },
-                ));
+        let stream = stream
+            .ready_chunks(super::frames::FRAMES_PER_READ)
+            .map(move |frames| ConnItem::Frames(id, frames))
+            .chain(futures_util::stream::once(
+                async move { ConnItem::Ended(id) },
+            ));
         let stream_handle = ctx.add_stream(stream);
         let sink = actix::io::SinkWrite::new(sink, ctx);
         let short = short_channel_id(&channel.id);

@@ -216,7 +216,9 @@ impl Leg {
 
 /// Tagged stream items, so that several connections can feed one actor.
 pub(crate) enum ConnItem {
-    Frame(u64, Result<ws::Frame, actix_http::ws::ProtocolError>),
+    /// The frames one read of the socket brought (`ready_chunks`: all that were ready, at
+    /// most `FRAMES_PER_READ`).
+    Frames(u64, Vec<Result<ws::Frame, actix_http::ws::ProtocolError>>),
     Ended(u64),
 }
 
@@ -292,6 +294,9 @@ pub struct SocketActor {
     /// When `last_event_at` was last written to the health state (at most every
     /// `EVENT_HEALTH_EVERY`, not per event).
     last_event_published: Option<Instant>,
+    /// Events of the socket read being handled, appended together at its end (see
+    /// `frames::EventBatch`).
+    batch: frames::EventBatch,
 }
 
 /// How often an event stream updates the shard's `last_event_at` in `/status`.
@@ -324,6 +329,7 @@ impl SocketActor {
         Self {
             frames,
             last_event_published: None,
+            batch: frames::EventBatch::default(),
             shard,
             topics,
             client,
@@ -478,16 +484,28 @@ impl Actor for SocketActor {
 impl StreamHandler<ConnItem> for SocketActor {
     fn handle(&mut self, item: ConnItem, ctx: &mut Self::Context) {
         match item {
-            ConnItem::Frame(conn, Ok(frame)) => self.on_frame(conn, frame, ctx),
-            ConnItem::Frame(conn, Err(error)) => {
-                tracing::warn!(shard = self.shard, error = %error, "WebSocket protocol error");
-                self.metrics
-                    .frames_received
-                    .get_or_create(&Metrics::kind("protocol_error"))
-                    .inc();
-                self.on_conn_lost(conn, "protocol_error", ctx);
+            ConnItem::Frames(conn, frames) => {
+                for frame in frames {
+                    match frame {
+                        Ok(frame) => self.on_frame(conn, frame, ctx),
+                        Err(error) => {
+                            self.flush_events(ctx);
+                            tracing::warn!(shard = self.shard, error = %error, "WebSocket protocol error");
+                            self.metrics
+                                .frames_received
+                                .get_or_create(&Metrics::kind("protocol_error"))
+                                .inc();
+                            self.on_conn_lost(conn, "protocol_error", ctx);
+                        }
+                    }
+                }
+                // The events of this read go into the spool together.
+                self.flush_events(ctx);
             }
-            ConnItem::Ended(conn) => self.on_conn_lost(conn, "closed", ctx),
+            ConnItem::Ended(conn) => {
+                self.flush_events(ctx);
+                self.on_conn_lost(conn, "closed", ctx);
+            }
         }
     }
 

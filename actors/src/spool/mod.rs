@@ -10,7 +10,7 @@
 //!
 //! # Durability
 //! Each append is written to its segment file with one positional `write` before `append`
-//! returns, so a process crash (SIGKILL included) loses nothing that was `Ok`: the kernel's page
+//! returns (an [`append_batch`](Spool::append_batch) writes its records with one `write`), so a process crash (SIGKILL included) loses nothing that was `Ok`: the kernel's page
 //! cache holds it. A background thread fsyncs as a group commit every `fsync_interval` or every
 //! `fsync_every_records` appends, whichever comes first, so a machine crash loses at most that
 //! window; [`sync`](Spool::sync) forces it. Appends never wait for an fsync or for Kafka.
@@ -31,7 +31,10 @@
 //! # Concurrency
 //! [`Spool`] is a cheap `Clone` (an `Arc`) and `Send + Sync`. Appends from several threads
 //! serialise on one mutex whose critical section is a capacity check, 12 bytes of CRC and one
-//! `pwrite` (the payload is encoded and checksummed before the lock). Readers hold that mutex
+//! `pwrite` (the payload is encoded and checksummed before the lock); an
+//! [`append_batch`](Spool::append_batch) holds it once for all its records, writes them with one
+//! `pwrite` per segment and wakes the reader once (the socket actor hands over every event of a
+//! socket read this way: a burst costs a syscall per read, not per frame). Readers hold that mutex
 //! only to look up a segment; acks take a separate mutex. The waits ([`wait_for`],
 //! [`wait_for_space`]) use `tokio::sync::Notify`, which works across threads and runtimes.
 //!
@@ -68,6 +71,7 @@ pub use record::{Record, RecordKind, SpoolEntry, MAX_PAYLOAD_BYTES, RECORD_HEADE
 pub use recovery::{RecoveryCut, RecoveryReport};
 pub use segment::{segment_file_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 pub use stats::SpoolStats;
+pub use writer::BatchOutcome;
 
 use crate::disk_reserve::DiskReserve;
 use committed::AckWatermark;
@@ -207,6 +211,14 @@ impl Spool {
     /// until it is allocated again.
     pub fn append(&self, record: &Record) -> Result<AppendOutcome, SpoolError> {
         self.shared().append(record)
+    }
+
+    /// Appends several records in order, as [`append`](Self::append) would one by one, under
+    /// one lock and with one positional write per segment (a socket read hands over dozens of
+    /// frames at once). Stops at the first error, which belongs to the record after the last
+    /// outcome. Everything reported appended is written before this returns.
+    pub fn append_batch(&self, records: &[Record]) -> BatchOutcome {
+        self.shared().append_batch(records)
     }
 
     /// Reads records in seq order starting at `from_seq`: at most `max_records`, and payloads

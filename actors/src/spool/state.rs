@@ -116,7 +116,20 @@ impl WriterState {
     /// so the truncation is retried before the next write, and the bytes after `len` are never
     /// read (recovery would cut them).
     pub(crate) fn write_frame(&mut self, seq: u64, frame: &[u8]) -> Result<(), SpoolError> {
-        debug_assert_eq!(seq, self.next_seq);
+        self.write_frames(seq, frame, &[frame.len()])
+    }
+
+    /// Writes sealed frames for `first_seq..first_seq + lens.len()`, laid end to end in
+    /// `frames` (`lens` their lengths, in order), at the end of the active segment with one
+    /// positional write. All or nothing: on failure none of them counts.
+    pub(crate) fn write_frames(
+        &mut self,
+        first_seq: u64,
+        frames: &[u8],
+        lens: &[usize],
+    ) -> Result<(), SpoolError> {
+        debug_assert_eq!(first_seq, self.next_seq);
+        debug_assert_eq!(lens.iter().sum::<usize>(), frames.len());
         let Some(active) = self.active_mut() else {
             return Err(SpoolError::Config("spool has no active segment".into()));
         };
@@ -134,7 +147,7 @@ impl WriterState {
             active.tail_dirty = false;
         }
         let offset = active.len;
-        if let Err(error) = active.file.write_all_at(frame, offset) {
+        if let Err(error) = active.file.write_all_at(frames, offset) {
             if let Err(truncate_error) = active.file.set_len(offset) {
                 active.tail_dirty = true;
                 tracing::warn!(
@@ -144,22 +157,31 @@ impl WriterState {
                     "could not truncate a failed spool append; retrying before the next write"
                 );
             }
+            let seqs = match lens.len() {
+                1 => format!("seq {first_seq}"),
+                n => format!("seqs {first_seq}..={}", first_seq + n as u64 - 1),
+            };
             return Err(SpoolError::io(
                 format!(
-                    "appending seq {seq} ({} bytes) at offset {offset} of {}",
-                    frame.len(),
+                    "appending {seqs} ({} bytes) at offset {offset} of {}",
+                    frames.len(),
                     active.path.display()
                 ),
                 error,
             ));
         }
-        let frame_bytes = frame.len() as u64;
-        active.index.note(seq, offset);
+        let mut frame_offset = offset;
+        for (i, len) in lens.iter().enumerate() {
+            active.index.note(first_seq + i as u64, frame_offset);
+            frame_offset += *len as u64;
+        }
+        let count = lens.len() as u64;
+        let frame_bytes = frames.len() as u64;
         active.len += frame_bytes;
-        active.next_seq = seq + 1;
-        self.next_seq = seq + 1;
+        active.next_seq = first_seq + count;
+        self.next_seq = first_seq + count;
         self.bytes_on_disk += frame_bytes;
-        self.unsynced_records += 1;
+        self.unsynced_records += count;
         Ok(())
     }
 

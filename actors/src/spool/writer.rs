@@ -115,3 +115,153 @@ impl Shared {
         Ok(AppendOutcome::Appended { seq })
     }
 }
+
+/// What [`Spool::append_batch`](super::Spool::append_batch) did.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// One outcome per record, in order, for the records looked at: each is in the segment
+    /// file (page cache) or was dropped (`drop-newest`).
+    pub outcomes: Vec<AppendOutcome>,
+    /// What stopped the batch: the record at `outcomes.len()` got this error, as
+    /// [`Spool::append`](super::Spool::append) would have returned for it; the records after
+    /// it were not looked at.
+    pub error: Option<SpoolError>,
+}
+
+/// Sealed frames waiting for their one `pwrite`, and where their outcomes start.
+struct Pending {
+    bytes: Vec<u8>,
+    lens: Vec<usize>,
+    first_seq: u64,
+    first_outcome: usize,
+}
+
+impl Pending {
+    fn flush(
+        &mut self,
+        state: &mut super::state::WriterState,
+        outcomes: &mut Vec<AppendOutcome>,
+    ) -> Result<(), SpoolError> {
+        if self.lens.is_empty() {
+            return Ok(());
+        }
+        let written = state.write_frames(self.first_seq, &self.bytes, &self.lens);
+        if written.is_err() {
+            // None of the buffered frames is in the file: neither are their outcomes (nor
+            // the drops decided after the first of them, which the caller never sees).
+            outcomes.truncate(self.first_outcome);
+        }
+        self.bytes.clear();
+        self.lens.clear();
+        written
+    }
+}
+
+impl Shared {
+    /// [`append`](Self::append) for several records under one lock and, per segment, one
+    /// `pwrite`: the same checks, outcomes and order as appending them one by one, stopping at
+    /// the first error. Records are written before this returns, so a process crash loses
+    /// none of those reported appended. (Gap records do not take the disk-reserve path here:
+    /// append them one by one.)
+    pub(crate) fn append_batch(&self, records: &[Record]) -> BatchOutcome {
+        let mut outcomes = Vec::with_capacity(records.len());
+        // Checks and encoding outside the lock, up to the first record that cannot go in.
+        let mut encoded = Vec::with_capacity(records.len());
+        let mut early_error = None;
+        for record in records {
+            if let Err(error) = self.check_payload_size(record.kind, record.payload.len()) {
+                early_error = Some(error);
+                break;
+            }
+            if record.kind != RecordKind::Gap && self.reserve.in_use() {
+                early_error = Some(SpoolError::DiskReserveInUse);
+                break;
+            }
+            encoded.push(UnsealedRecord::new(record));
+        }
+        let mut error = None;
+        let mut state = self.lock_state();
+        let seq_before = state.next_seq;
+        let unsynced_before = state.unsynced_records;
+        let mut pending = Pending {
+            bytes: Vec::with_capacity(encoded.iter().map(UnsealedRecord::len).sum()),
+            lens: Vec::with_capacity(encoded.len()),
+            first_seq: state.next_seq,
+            first_outcome: 0,
+        };
+        for (record, unsealed) in records.iter().zip(encoded.iter_mut()) {
+            let frame_bytes = unsealed.len() as u64;
+            let cap = self.cap_for(record.kind);
+            let buffered_bytes = pending.bytes.len() as u64;
+            let needs_rotation = state.active().is_some_and(|active| {
+                active.record_count() + (pending.lens.len() as u64) > 0
+                    && active.len + buffered_bytes + frame_bytes > self.config.segment_bytes
+            });
+            let record_bytes = frame_bytes
+                + if needs_rotation {
+                    SEGMENT_HEADER_BYTES as u64
+                } else {
+                    0
+                };
+            if state.bytes_on_disk + buffered_bytes + record_bytes > cap {
+                self.full_hint.store(true, Ordering::Relaxed);
+                if record.kind != RecordKind::Gap && self.config.when_full == WhenFull::DropNewest {
+                    state.note_drop();
+                    outcomes.push(AppendOutcome::Dropped);
+                    continue;
+                }
+                state.full_refusals += 1;
+                error = Some(SpoolError::Full {
+                    bytes_on_disk: state.bytes_on_disk + buffered_bytes,
+                    record_bytes,
+                    limit_bytes: cap,
+                });
+                break;
+            }
+            if needs_rotation {
+                if let Err(failed) = pending.flush(&mut state, &mut outcomes) {
+                    error = Some(failed);
+                    break;
+                }
+                let seq = state.next_seq;
+                if state.active_first_seq() != Some(seq) {
+                    if let Err(failed) = state.rotate(&self.config.dir) {
+                        error = Some(failed);
+                        break;
+                    }
+                }
+            }
+            let seq = state.next_seq + pending.lens.len() as u64;
+            if pending.lens.is_empty() {
+                pending.first_seq = seq;
+                pending.first_outcome = outcomes.len();
+            }
+            let sealed = unsealed.seal(seq);
+            pending.bytes.extend_from_slice(sealed);
+            pending.lens.push(sealed.len());
+            outcomes.push(AppendOutcome::Appended { seq });
+        }
+        // The records before a refusal are appended whatever stopped the batch (a failed
+        // flush or rotation left nothing buffered). If this write fails, its error belongs to
+        // the first record it held, and replaces a refusal of a later one.
+        if let Err(failed) = pending.flush(&mut state, &mut outcomes) {
+            error = Some(failed);
+        }
+        let error = error.or(early_error);
+        let appended = state.next_seq > seq_before;
+        let every = self.config.fsync_every_records;
+        let fsync_due = unsynced_before < every && state.unsynced_records >= every;
+        if appended {
+            self.published_next_seq
+                .store(state.next_seq, Ordering::Release);
+        }
+        drop(state);
+        if appended {
+            self.appended.notify_waiters();
+        }
+        if fsync_due {
+            self.signal.kick();
+        }
+        BatchOutcome { outcomes, error }
+    }
+}
