@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::dead_letter::{self, DeadLetterFile};
-use super::delivery::{DeadLetterCopy, DeliveryContext, Failed, Pending};
+use super::delivery::{DeadLetterCopy, DeliveryContext, DeliveryWake, Failed, Pending};
 use super::errors::{classify, is_purged, is_queue_full, is_too_large, label, Consequence};
 use super::record::{build, Built, Outgoing};
 use super::retry::{Attempts, Due, RetryBook, Stripes, Verdict};
@@ -82,7 +82,7 @@ pub(super) struct Pump {
     in_flight: Arc<AtomicUsize>,
     in_flight_bytes: Arc<AtomicUsize>,
     stripes: Arc<Stripes>,
-    wake: Arc<Notify>,
+    wake: Arc<DeliveryWake>,
     stopped: AtomicBool,
     /// librdkafka times records out (`message.timeout.ms` set): one batch per key at a time.
     one_batch_per_key: bool,
@@ -99,7 +99,7 @@ impl Pump {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let in_flight_bytes = Arc::new(AtomicUsize::new(0));
         let stripes = Arc::new(Stripes::default());
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(DeliveryWake::default());
         let context = DeliveryContext {
             spool: spool.clone(),
             metrics: metrics.clone(),
@@ -130,7 +130,7 @@ impl Pump {
 
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.stop();
     }
 
     /// Runs until stopped (Ok) or until the producer is unusable (Err).
@@ -154,6 +154,8 @@ impl Pump {
         let started_ms = chrono::Utc::now().timestamp_millis();
         let mut recovered = false;
         loop {
+            // Before anything this round decides on: a delivery after it wakes a wait for one.
+            let seen = self.wake.seen();
             if self.stopped.load(Ordering::Acquire) {
                 self.sync_dead_letters(&mut state);
                 return Ok(());
@@ -181,21 +183,21 @@ impl Pump {
             self.retry_file_backlog(&mut state)?;
             self.update_gauges(&state);
             if self.full() {
-                self.wait(&mut state, &mut failures, None).await?;
+                self.wait(&mut state, &mut failures, seen, None).await?;
                 continue;
             }
             // Retries first: they are older than anything new.
             let due = state.book.take_due(Instant::now(), idle);
             if !due.is_empty() {
                 if self.send_again(&mut state, due)? == Sent::Busy {
-                    self.wait(&mut state, &mut failures, None).await?;
+                    self.wait(&mut state, &mut failures, seen, None).await?;
                 }
                 continue;
             }
             if state.book.len() >= self.settings.max_in_flight {
                 // Enough waits in the retry book (seqs only, read again when sent): newer
                 // records stay in the spool until it shrinks.
-                self.wait(&mut state, &mut failures, None).await?;
+                self.wait(&mut state, &mut failures, seen, None).await?;
                 continue;
             }
             let room = self
@@ -217,7 +219,8 @@ impl Pump {
                 .map_err(|e| format!("spool read failed: {e}"))?;
             if batch.is_empty() {
                 let cursor = state.cursor;
-                self.wait(&mut state, &mut failures, Some(cursor)).await?;
+                self.wait(&mut state, &mut failures, seen, Some(cursor))
+                    .await?;
                 continue;
             }
             for entry in &batch {
@@ -227,7 +230,7 @@ impl Pump {
                 if self.produce(&mut state, entry, Attempts::default(), true)? == Sent::Busy {
                     // This one and the rest of the batch are read again once deliveries made
                     // room.
-                    self.wait(&mut state, &mut failures, None).await?;
+                    self.wait(&mut state, &mut failures, seen, None).await?;
                     break;
                 }
                 state.cursor = entry.seq + 1;
@@ -266,23 +269,37 @@ impl Pump {
             .set((state.book.len() + state.file_backlog.len()) as i64);
     }
 
-    /// Waits for a delivery, new records, a due retry or a stop, never blocking the thread.
+    /// Waits, never blocking the thread, for new records from `new_records_from` (given), for a
+    /// delivery after `seen` (room in flight, a key's records resolved) when none is given or a
+    /// due retry group waits for its key, and for a failure, a due retry or a stop.
     async fn wait(
         &self,
         state: &mut State,
         failures: &mut mpsc::UnboundedReceiver<Failed>,
+        seen: u64,
         new_records_from: Option<u64>,
     ) -> Result<(), String> {
+        let now = Instant::now();
+        // A retry group already due waits for its key's records in flight: their deliveries
+        // wake the loop then too.
+        let due_waits = state.book.next_due().is_some_and(|due| due <= now);
+        let wants_delivery = new_records_from.is_none() || due_waits;
         let spool = self.spool.clone();
+        let wake = self.wake.clone();
         let appended = async move {
             match new_records_from {
                 Some(seq) => spool.wait_for(seq).await,
                 None => std::future::pending().await,
             }
         };
-        let now = Instant::now();
-        // A group already due may wait for its key's records in flight (their deliveries wake
-        // the loop): never a zero sleep, which would spin.
+        let woken = async move {
+            if wants_delivery {
+                wake.delivery_after(seen).await
+            } else {
+                wake.stopped().await
+            }
+        };
+        // Never a zero sleep for a group already due, which would spin.
         let tick = [state.book.next_due(), state.file_due]
             .into_iter()
             .flatten()
@@ -294,7 +311,7 @@ impl Pump {
                     self.on_failed(state, failed)?;
                 }
             }
-            _ = self.wake.notified() => {}
+            _ = woken => {}
             _ = appended => {}
             _ = tokio::time::sleep(tick) => {}
         }
