@@ -17,8 +17,8 @@ use crate::spool::{Record, RecordKind};
 /// topic): the producer sends it straight to the dead-letter destination.
 pub const MALFORMED: RecordKind = RecordKind::Reserved(2);
 
-/// Most frames handed over from one read of a socket (`ready_chunks`); a read that brought
-/// more is handled in several turns.
+/// Most frames handed over from one read of a socket ([`super::read::ReadyFrames`], which
+/// also bounds a read's bytes); a read that brought more is handled in several turns.
 pub const FRAMES_PER_READ: usize = 256;
 
 /// The events of the socket read being handled: appended to the spool together, with one

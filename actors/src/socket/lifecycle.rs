@@ -371,12 +371,16 @@ impl SocketActor {
             reused,
         } = established;
         let (sink, stream) = framed.split();
-        let stream = stream
-            .ready_chunks(super::frames::FRAMES_PER_READ)
-            .map(move |frames| ConnItem::Frames(id, frames))
-            .chain(futures_util::stream::once(
-                async move { ConnItem::Ended(id) },
-            ));
+        let stream = super::read::ReadyFrames::new(
+            stream,
+            super::frames::FRAMES_PER_READ,
+            super::read::BYTES_PER_READ,
+            super::read::frame_bytes,
+        )
+        .map(move |frames| ConnItem::Frames(id, frames))
+        .chain(futures_util::stream::once(
+            async move { ConnItem::Ended(id) },
+        ));
         let stream_handle = ctx.add_stream(stream);
         let sink = actix::io::SinkWrite::new(sink, ctx);
         let short = short_channel_id(&channel.id);

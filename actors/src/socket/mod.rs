@@ -27,6 +27,7 @@ pub mod frames;
 mod gaps;
 mod lifecycle;
 pub mod merge;
+mod read;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -216,8 +217,8 @@ impl Leg {
 
 /// Tagged stream items, so that several connections can feed one actor.
 pub(crate) enum ConnItem {
-    /// The frames one read of the socket brought (`ready_chunks`: all that were ready, at
-    /// most `FRAMES_PER_READ`).
+    /// The frames one read of the socket brought ([`read::ReadyFrames`]: all that were ready,
+    /// at most `FRAMES_PER_READ` and about `BYTES_PER_READ`).
     Frames(u64, Vec<Result<ws::Frame, actix_http::ws::ProtocolError>>),
     Ended(u64),
 }
