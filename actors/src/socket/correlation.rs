@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use super::merge::Identity;
 
+/// `order` is compacted once it holds more than this and more than twice the unpaired copies.
+const COMPACT_AT: usize = 1024;
+
 /// Pairs the verdict is drawn from.
 pub const SAMPLE: usize = 64;
 /// Pairs needed before a first verdict.
@@ -47,6 +50,8 @@ impl Keying {
 }
 
 struct Unpaired {
+    /// Which push into `order` this copy belongs to (paired copies leave `order` lazily).
+    stamp: u64,
     lane: u64,
     correlation: u64,
     /// The lanes attached when it arrived: where its twins can come from.
@@ -58,8 +63,12 @@ pub struct Learner {
     window: Duration,
     /// Body identity → unpaired copies, oldest first.
     waiting: HashMap<Identity, VecDeque<Unpaired>>,
-    /// Every unpaired copy in arrival order, for the window and the capacity.
-    order: VecDeque<(Identity, Instant)>,
+    /// Every unpaired copy in arrival order, for the window and the capacity (with items of
+    /// copies paired since, dropped lazily).
+    order: VecDeque<(Identity, Instant, u64)>,
+    next_stamp: u64,
+    /// Copies in `waiting`.
+    unpaired: usize,
     /// The last pairs: whether their CorrelationIds agreed.
     recent: VecDeque<bool>,
     differing: usize,
@@ -73,6 +82,8 @@ impl Learner {
             window,
             waiting: HashMap::new(),
             order: VecDeque::new(),
+            next_stamp: 0,
+            unpaired: 0,
             recent: VecDeque::with_capacity(SAMPLE),
             differing: 0,
             verdict: Keying::CorrelationId,
@@ -100,21 +111,26 @@ impl Learner {
                 .iter()
                 .position(|first| first.lane != lane && first.attached.contains(&lane));
             if let Some(theirs) = twin.and_then(|at| copies.remove(at)) {
+                self.unpaired -= 1;
                 if copies.is_empty() {
                     self.waiting.remove(&body);
                 }
                 return self.record(theirs.correlation == correlation);
             }
         }
-        while self.order.len() >= self.capacity {
+        while self.unpaired >= self.capacity {
             self.drop_oldest();
         }
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
         self.waiting.entry(body).or_default().push_back(Unpaired {
+            stamp,
             lane,
             correlation,
             attached: attached.to_vec(),
         });
-        self.order.push_back((body, now));
+        self.unpaired += 1;
+        self.order.push_back((body, now, stamp));
         None
     }
 
@@ -141,27 +157,55 @@ impl Learner {
         })
     }
 
+    fn live(&self, body: &Identity, stamp: u64) -> bool {
+        self.waiting
+            .get(body)
+            .is_some_and(|copies| copies.iter().any(|c| c.stamp == stamp))
+    }
+
+    /// Forgets the copies older than `window`, and the items of `order` of copies paired
+    /// since: those at its front at once, the others once they outnumber the unpaired copies.
     fn expire(&mut self, now: Instant) {
-        while self
-            .order
-            .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) >= self.window)
-        {
-            self.drop_oldest();
+        while let Some(&(body, at, stamp)) = self.order.front() {
+            if self.live(&body, stamp) && now.duration_since(at) < self.window {
+                break;
+            }
+            self.order.pop_front();
+            self.forget(body, stamp);
+        }
+        if self.order.len() > COMPACT_AT.max(2 * self.unpaired) {
+            let waiting = &self.waiting;
+            self.order.retain(|(body, _, stamp)| {
+                waiting
+                    .get(body)
+                    .is_some_and(|copies| copies.iter().any(|c| c.stamp == *stamp))
+            });
         }
     }
 
-    /// Forgets the oldest unpaired copy (approximately: the oldest of its body).
+    /// Forgets the oldest unpaired copy.
     fn drop_oldest(&mut self) {
-        let Some((body, _)) = self.order.pop_front() else {
-            return;
-        };
-        if let Some(copies) = self.waiting.get_mut(&body) {
-            copies.pop_front();
-            if copies.is_empty() {
-                self.waiting.remove(&body);
+        while let Some((body, _, stamp)) = self.order.pop_front() {
+            if self.forget(body, stamp) {
+                return;
             }
         }
+    }
+
+    /// Forgets the copy of `body` pushed as `stamp`; false if it was paired already.
+    fn forget(&mut self, body: Identity, stamp: u64) -> bool {
+        let Some(copies) = self.waiting.get_mut(&body) else {
+            return false;
+        };
+        let Some(at) = copies.iter().position(|c| c.stamp == stamp) else {
+            return false;
+        };
+        copies.remove(at);
+        self.unpaired -= 1;
+        if copies.is_empty() {
+            self.waiting.remove(&body);
+        }
+        true
     }
 }
 
@@ -248,5 +292,37 @@ mod tests {
         assert!(learner.order.len() <= 8 && learner.waiting.len() <= 8);
         learner.observe(500, 1, 1, &both, now + Duration::from_secs(2));
         assert_eq!(learner.order.len(), 1, "the window expired the rest");
+    }
+
+    /// Review finding: paired copies stayed in `order` until `window` or `capacity` pushed them
+    /// out (100,000 items at a steady rate), and dropping one for the capacity could forget a
+    /// newer unpaired copy of the same body.
+    #[test]
+    fn paired_copies_leave_no_trace_and_the_capacity_drops_the_oldest_unpaired_copy() {
+        let now = Instant::now();
+        let mut learner = Learner::new(10_000, Duration::from_secs(120));
+        for body in 0..50_000u128 {
+            learner.observe(body, 1, 1, &[1, 2], now);
+            learner.observe(body, 1, 2, &[1, 2], now);
+        }
+        assert_eq!(learner.unpaired, 0);
+        assert!(
+            learner.order.len() <= COMPACT_AT + 1,
+            "{}",
+            learner.order.len()
+        );
+
+        let mut learner = Learner::new(3, Duration::from_secs(120));
+        learner.observe(7, 1, 1, &[1, 2], now); // paired at once
+        learner.observe(7, 1, 2, &[1, 2], now);
+        learner.observe(8, 3, 1, &[1, 2], now);
+        learner.observe(7, 2, 1, &[1, 2], now); // a re-send of body 7, unpaired
+        learner.observe(9, 4, 1, &[1, 2], now); // three unpaired: within the capacity
+        assert_eq!(learner.unpaired, 3);
+        assert!(learner.waiting.contains_key(&7), "the re-send is kept");
+        learner.observe(10, 5, 1, &[1, 2], now); // over it: the oldest unpaired (8) goes
+        assert!(!learner.waiting.contains_key(&8));
+        assert!(learner.waiting.contains_key(&7));
+        assert!(learner.waiting.contains_key(&9) && learner.waiting.contains_key(&10));
     }
 }
