@@ -105,7 +105,10 @@ def render(results: dict, profile: dict) -> str:
         "*bridge, 2 legs*: `redundancy = 2` (the default for one shard), the burst fanned out to both "
         "of the shard's channels (`\"fan_out\": true`: the same frames, as Genesys sends every event "
         "to every subscribed channel), so the bridge reads every frame twice and merges the copies; "
-        "*frames read* counts both.",
+        "*frames read* counts both. *CPU* (utime + stime of the process) runs from the burst's "
+        "injection to the last event seen in Kafka (the raw producer's: first send to last "
+        "acknowledgement); *idle CPU* is the client's over the second before the burst, when it had "
+        "nothing to do.",
         "",
     ]
     burst_order = ("bridge", "bridge_r2", "node", "raw")
@@ -120,7 +123,8 @@ def render(results: dict, profile: dict) -> str:
         ("**sustained events/s**", "events_per_s", 0, True),
         ("peak RSS (MiB, VmHWM)", "peak_rss_mib", 1, True),
         ("CPU s per 10,000 events", "cpu_s_per_10k", 3, True),
-    ], with_lost_dup(b), raw_ok=lambda k: k != "peak_rss_mib", order=burst_order)
+        ("idle CPU before the burst (CPU s per s)", "idle_cpu_per_s", 3, False),
+    ], with_lost_dup(b), raw_ok=lambda k: k not in ("peak_rss_mib", "idle_cpu_per_s"), order=burst_order)
     lines.append("")
 
     # 2. steady ---------------------------------------------------------------------------------
