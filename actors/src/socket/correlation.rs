@@ -49,6 +49,11 @@ impl Keying {
     }
 }
 
+/// Whether `copies` (in stamp order: pushed in it, removed from anywhere) hold `stamp`.
+fn holds(copies: &VecDeque<Unpaired>, stamp: u64) -> bool {
+    copies.binary_search_by_key(&stamp, |c| c.stamp).is_ok()
+}
+
 struct Unpaired {
     /// Which push into `order` this copy belongs to (paired copies leave `order` lazily).
     stamp: u64,
@@ -160,7 +165,7 @@ impl Learner {
     fn live(&self, body: &Identity, stamp: u64) -> bool {
         self.waiting
             .get(body)
-            .is_some_and(|copies| copies.iter().any(|c| c.stamp == stamp))
+            .is_some_and(|copies| holds(copies, stamp))
     }
 
     /// Forgets the copies older than `window`, and the items of `order` of copies paired
@@ -178,7 +183,7 @@ impl Learner {
             self.order.retain(|(body, _, stamp)| {
                 waiting
                     .get(body)
-                    .is_some_and(|copies| copies.iter().any(|c| c.stamp == *stamp))
+                    .is_some_and(|copies| holds(copies, *stamp))
             });
         }
     }
@@ -197,7 +202,7 @@ impl Learner {
         let Some(copies) = self.waiting.get_mut(&body) else {
             return false;
         };
-        let Some(at) = copies.iter().position(|c| c.stamp == stamp) else {
+        let Ok(at) = copies.binary_search_by_key(&stamp, |c| c.stamp) else {
             return false;
         };
         copies.remove(at);

@@ -260,6 +260,9 @@ impl Merge {
             moved.insert(identity, key);
             match self.entries.get_mut(&key) {
                 Some(same) => {
+                    // The older item of the two in `order` (both are re-keyed below) stays
+                    // live, so the merged entry expires with its first copy.
+                    same.stamp = same.stamp.min(entry.stamp);
                     same.delivered += entry.delivered;
                     for (lane, n) in entry.seen {
                         match same.seen.iter_mut().find(|(l, _)| *l == lane) {
