@@ -184,7 +184,8 @@ def render(results: dict, profile: dict) -> str:
         "",
         f"The bridge and the Node baseline run side by side (two OAuth clients, so the ledger tells "
         f"whose socket each frame went to) against one simulator at {profile.get('fault_rate')} "
-        f"conversations/s and one tansu broker with `sqlite://` storage (it survives a restart). After "
+        f"conversations/s and one tansu broker (`sqlite://` storage for `kafka_down`, which survives the "
+        f"restart; `memory://` for the others, as sqlite slows as it fills). After "
         f"{profile.get('fault_warmup_s')} s of traffic the fault hits both (`drop_socket` and `silence`: one socket "
         "of each client, which for the bridge, with its default two legs for one shard, is one of its two "
         "channels; `socket_closing`: every socket); traffic goes on "
