@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smallvec::{smallvec, SmallVec};
 
 #[cfg(test)]
 use super::correlation::MIN_SAMPLE;
@@ -154,9 +155,9 @@ struct Entry {
     alternate: Identity,
     delivered: u32,
     /// Copies seen per lane.
-    seen: Vec<(u64, u32)>,
+    seen: SmallVec<[(u64, u32); 2]>,
     /// Lanes attached when the first copy arrived: the ones expected to bring a copy.
-    expected: Vec<u64>,
+    expected: SmallVec<[u64; 2]>,
     /// Which push into `order` this entry belongs to (entries are removed lazily from it).
     stamp: u64,
 }
@@ -371,8 +372,8 @@ impl Merge {
         let entry = Entry {
             alternate,
             delivered: 1,
-            seen: vec![(lane, 1)],
-            expected: attached.to_vec(),
+            seen: smallvec![(lane, 1)],
+            expected: SmallVec::from_slice(attached),
             stamp: self.next_stamp,
         };
         if !entry.complete(attached) || self.keeping(now) {
