@@ -719,7 +719,8 @@ mod tests {
     }
 
     /// Review finding: `order` kept an item per event for `window` (120 s by default), entry or
-    /// no entry: at 10,000 events/s on two legs that is 1.2 million items (~50 MiB).
+    /// no entry: at 10,000 events/s on two legs that is 1.2 million items (40 bytes each:
+    /// computed, not measured; the full bench run measured peak RSS 68.9 → 59.1 MiB with the fix).
     #[test]
     fn completed_entries_leave_no_trace_at_a_steady_rate() {
         let start = Instant::now();
