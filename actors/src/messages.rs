@@ -29,6 +29,9 @@ pub struct TokenRejected {
 pub struct FrameSeen {
     pub shard: u32,
     pub at: Instant,
+    /// False while the shard has no socket to watch (paused by `block`, or every leg waiting
+    /// to connect): the watchdog has nothing to replace and stays quiet until it is true again.
+    pub watched: bool,
 }
 
 /// HeartbeatActor → SocketActor: send the `{"message":"ping"}` health check now.

@@ -123,6 +123,58 @@ fn acks_free_space_and_wake_a_blocked_appender() {
     assert!(matches!(outcome, AppendOutcome::Appended { seq: 8, .. }));
 }
 
+/// A reader paused by `block` resumes once the spool is at most half full, not at its first
+/// free byte: resuming at once refilled the spool within milliseconds, and every flap cost a
+/// channel, a connect and a gap record (a CI run's shard flapped 14 times in 7 s and was then
+/// held out by the connects-per-minute bound for 52 s).
+#[test]
+fn a_paused_reader_resumes_at_half_full_not_at_the_first_free_byte() {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(capped_config(dir.path(), WhenFull::Block)).expect("open");
+    fill_to_the_cap(&spool);
+    assert!(spool.wait_for_space(PAYLOAD).now_or_never().is_none());
+    assert!(spool.wait_for_resume_mark(PAYLOAD).now_or_never().is_none());
+
+    // Kafka acknowledges the first segment (records 1-3); the group commit deletes it.
+    for seq in 1..=3 {
+        spool.ack(seq).expect("ack");
+    }
+    spool.sync().expect("sync");
+    let used = spool.stats().bytes_on_disk;
+    assert!(used > 4096, "two segments left: {used} bytes");
+    assert!(
+        matches!(spool.wait_for_space(PAYLOAD).now_or_never(), Some(Ok(()))),
+        "room for one event"
+    );
+    assert!(
+        spool.wait_for_resume_mark(PAYLOAD).now_or_never().is_none(),
+        "but more than half of the 8 KiB events' cap is in use ({used} bytes)"
+    );
+
+    // Everything acknowledged: the active segment is rolled and deleted too.
+    for seq in 4..=FITS {
+        spool.ack(seq).expect("ack");
+    }
+    spool.sync().expect("sync");
+    assert!(
+        matches!(
+            spool.wait_for_resume_mark(PAYLOAD).now_or_never(),
+            Some(Ok(()))
+        ),
+        "below half: {} bytes",
+        spool.stats().bytes_on_disk
+    );
+
+    // An event larger than half the cap resumes once the spool holds nothing else.
+    let error = spool
+        .wait_for_resume_mark(9000)
+        .now_or_never()
+        .expect("answers at once")
+        .expect_err("never fits");
+    assert!(matches!(error, SpoolError::RecordTooLarge { .. }));
+}
+
 #[test]
 fn when_everything_is_acked_even_the_active_segment_is_released() {
     let dir = tempfile::tempdir().expect("tempdir");

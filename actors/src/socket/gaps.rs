@@ -312,7 +312,8 @@ impl SocketActor {
     }
 
     /// `block`: hold the frame (in the shard state, which survives an actor restart), stop
-    /// reading, and resume once the spool has room.
+    /// reading, and resume once the spool is at most half full (not at its first free byte:
+    /// see [`Spool::wait_for_resume_mark`](crate::spool::Spool::wait_for_resume_mark)).
     fn block_until_room(&mut self, record: Record, ctx: &mut Context<Self>) {
         tracing::warn!(
             shard = self.shard,
@@ -322,7 +323,7 @@ impl SocketActor {
         *self.cell.held() = Some(record);
         self.pause_reading("spool_full", ctx);
         let spool = self.spool.clone();
-        async move { spool.wait_for_space(payload_len).await }
+        async move { spool.wait_for_resume_mark(payload_len).await }
             .into_actor(self)
             .map(|_, actor, ctx| {
                 let held = actor.cell.held().take();

@@ -279,6 +279,8 @@ pub struct SocketActor {
     paused: bool,
     last_frame_wall: Option<DateTime<Utc>>,
     last_seen_report: Option<Instant>,
+    /// What the watchdog was last told: whether the shard has a socket to watch.
+    watched_reported: Option<bool>,
     /// The shard's drop span holds events not yet reported.
     drop_pending: bool,
     /// Spool writes that failed in a row (disk full, read-only volume): the pause before
@@ -353,6 +355,7 @@ impl SocketActor {
             paused: false,
             last_frame_wall: None,
             last_seen_report: None,
+            watched_reported: None,
             drop_pending: false,
             spool_io_failures: 0,
             status_retry: None,
@@ -375,14 +378,42 @@ impl SocketActor {
         }
         self.last_seen_report = Some(now);
         // Refused when full: harmless, the next report carries the same news.
-        let _ = self.peers.heartbeat.try_send(
-            FrameSeen {
-                shard: self.shard,
-                at,
-            },
-            &self.metrics,
-        );
+        let watched = !self.paused;
+        if self
+            .peers
+            .heartbeat
+            .try_send(
+                FrameSeen {
+                    shard: self.shard,
+                    at,
+                    watched,
+                },
+                &self.metrics,
+            )
+            .is_ok()
+        {
+            self.watched_reported = Some(watched);
+        }
         self.publish_health();
+    }
+
+    /// Tells the watchdog when the shard starts or stops having a socket to watch (paused, or
+    /// every leg waiting to connect): it orders no replacement for a shard with none. Retried
+    /// on the next change or ping tick if the watchdog's mailbox was full.
+    fn report_watch_state(&mut self) {
+        let last = self.last_sign_of_life();
+        let watched = last.is_some() && !self.paused;
+        if self.watched_reported == Some(watched) {
+            return;
+        }
+        let report = FrameSeen {
+            shard: self.shard,
+            at: last.unwrap_or_else(Instant::now),
+            watched,
+        };
+        if self.peers.heartbeat.try_send(report, &self.metrics).is_ok() {
+            self.watched_reported = Some(watched);
+        }
     }
 
     /// Writes the legs' state to `/status` and the metrics (on changes, not per frame).
@@ -392,6 +423,7 @@ impl SocketActor {
             // come back (and a process shutting down reports nothing more per shard).
             return;
         }
+        self.report_watch_state();
         let last_frame = self.last_frame_wall;
         let mut legs = Vec::with_capacity(self.legs.len());
         for leg in &mut self.legs {
@@ -541,6 +573,7 @@ impl Handler<SendPing> for SocketActor {
         if let Some(at) = self.last_sign_of_life() {
             self.report_seen(at, false);
         }
+        self.report_watch_state();
     }
 }
 

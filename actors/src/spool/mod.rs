@@ -289,6 +289,25 @@ impl Spool {
         }
     }
 
+    /// Like [`wait_for_space`](Self::wait_for_space), but resolves only once the events' cap is
+    /// at most half used with this event in: what a reader paused by `block` waits for before it
+    /// reconnects. Waiting for the first free byte instead made a paused shard flap (reconnect,
+    /// full again within milliseconds, pause), each flap a new channel, a connect and a gap
+    /// record, until the connects-per-minute bound held the shard out for most of a minute.
+    pub async fn wait_for_resume_mark(&self, payload_len: usize) -> Result<(), SpoolError> {
+        let shared = self.shared();
+        shared.check_payload_size(RecordKind::Event, payload_len)?;
+        loop {
+            let mut notified = pin!(shared.space_freed.notified());
+            notified.as_mut().enable();
+            if shared.is_below_resume_mark(payload_len) {
+                return Ok(());
+            }
+            shared.full_hint.store(true, Ordering::Relaxed);
+            notified.await;
+        }
+    }
+
     /// Group commit now: fsyncs unsynced appends and the directory, persists the committed
     /// position, deletes fully acked segments.
     pub fn sync(&self) -> Result<(), SpoolError> {

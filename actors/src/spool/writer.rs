@@ -51,6 +51,17 @@ impl Shared {
         bytes_on_disk + needed <= self.cap_for(RecordKind::Event)
     }
 
+    /// Whether an event of `payload_len` bytes fits with the events' cap at most half used
+    /// once it is in (or, for an event larger than half the cap, with the spool empty of
+    /// everything else). The mark a paused reader waits for: resuming at the first free byte
+    /// refills the spool at once and flaps between paused and reading.
+    pub(crate) fn is_below_resume_mark(&self, payload_len: usize) -> bool {
+        let needed = (frame_len(payload_len) + SEGMENT_HEADER_BYTES) as u64;
+        let bytes_on_disk = self.lock_state().bytes_on_disk;
+        let mark = (self.cap_for(RecordKind::Event) / 2).max(needed);
+        bytes_on_disk + needed <= mark
+    }
+
     pub(crate) fn append(&self, record: &Record) -> Result<AppendOutcome, SpoolError> {
         self.check_payload_size(record.kind, record.payload.len())?;
         if record.kind != RecordKind::Gap && self.reserve.in_use() {
