@@ -426,3 +426,76 @@ fn a_fatal_producer_error_for_two_minutes_keeps_the_bridge_alive_and_loses_nothi
         "fatal producer error for 2 min: {restarts} fresh producers, then everything delivered"
     );
 }
+
+/// A delivery Kafka refuses for good (here: the broker answers a produce request with
+/// TOPIC_AUTHORIZATION_FAILED) goes to the dead-letter topic with the topic it was routed to,
+/// taken from the failed message, and the stream goes on.
+#[test]
+fn a_delivery_kafka_refuses_for_good_is_dead_lettered_with_its_routed_topic() {
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    for topic in TEST_TOPICS {
+        mock.create_topic(topic, 3, 1).unwrap();
+    }
+    let brokers = mock.bootstrap_servers();
+    let sim = sim(12.0);
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(
+        dir.path(),
+        &test_config(&sim.base_url(), &brokers, EXTRA),
+        &[],
+    );
+    bridge.wait_ready(Duration::from_secs(30));
+    wait_until("streaming into Kafka", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > 20.0
+    });
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    wait_until(
+        "the refused records are on the dead-letter topic",
+        Duration::from_secs(30),
+        || {
+            consume_all(&brokers, &["deadletter"]).iter().any(|r| {
+                r.header("dead-letter-reason")
+                    .is_some_and(|reason| reason.to_lowercase().contains("authoriz"))
+                    && r.header("routed-topic").is_some_and(|topic| {
+                        [
+                            "events",
+                            "user-conversations",
+                            "queue-conversations",
+                            "status",
+                        ]
+                        .contains(&topic)
+                    })
+            })
+        },
+    );
+    let produced = bridge.metric("genesys_bridge_events_produced_total");
+    wait_until("the stream goes on", Duration::from_secs(30), || {
+        bridge.metric("genesys_bridge_events_produced_total") > produced + 20.0
+    });
+    // Every event the simulator sent is in Kafka: on its topic or, refused, as a dead letter.
+    sim.faults().silence(Target::All, None);
+    let sent: HashSet<String> = sim
+        .ledger()
+        .into_iter()
+        .filter(|e| e.kind == genesys_sim::FrameKind::Event)
+        .map(|e| e.frame.to_string())
+        .collect();
+    wait_until("every event is in Kafka", Duration::from_secs(60), || {
+        let landed: HashSet<String> = consume_all(
+            &brokers,
+            &[
+                "events",
+                "user-conversations",
+                "queue-conversations",
+                "deadletter",
+            ],
+        )
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+        sent.iter().all(|frame| landed.contains(frame))
+    });
+}

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, Notify};
@@ -29,8 +30,6 @@ pub(super) struct Pending {
     pub(super) received_at_ms: i64,
     /// When it was handed to librdkafka (epoch ms).
     pub(super) sent_at_ms: i64,
-    /// Where it was routed (for a dead letter).
-    pub(super) routed_topic: String,
     pub(super) dead_letter: Option<DeadLetterCopy>,
     /// Records with the same order key stay in spool order.
     pub(super) order_key: Option<u64>,
@@ -44,6 +43,9 @@ pub(super) struct Pending {
 pub(super) struct Failed {
     pub(super) pending: Pending,
     pub(super) error: KafkaError,
+    /// Where it was routed (for a dead letter): the failed message's topic, copied only on a
+    /// failure rather than carried with every record.
+    pub(super) routed_topic: String,
 }
 
 pub(super) struct DeliveryContext {
@@ -87,12 +89,13 @@ impl ProducerContext for DeliveryContext {
                 self.health.record_ack(now_ms);
                 self.ack(pending.seq);
             }
-            Err((error, _message)) => {
+            Err((error, message)) => {
                 // Reported before the counts drop: the send loop reads the stripes first, then
                 // the failures (see retry.rs).
                 let _ = self.failures.send(Failed {
                     error: error.clone(),
                     pending: *pending,
+                    routed_topic: message.topic().to_string(),
                 });
             }
         }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
+use smallvec::{smallvec, SmallVec};
 use tokio::sync::mpsc;
 
 use super::dead_letter::{self, DeadLetterFile};
@@ -387,20 +387,13 @@ impl Pump {
         attempts: Attempts,
         dead_letter: Option<DeadLetterCopy>,
     ) -> Result<Sent, String> {
-        let mut headers = OwnedHeaders::new_with_capacity(outgoing.headers.len());
-        for (key, value) in &outgoing.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(&**value),
-            });
-        }
+        let headers = outgoing.kafka_headers();
         let stripe = order_key.map(Stripes::stripe);
         let bytes = outgoing.value.len();
         let pending = Box::new(Pending {
             seq: entry.seq,
             received_at_ms: entry.record.received_at_ms,
             sent_at_ms: chrono::Utc::now().timestamp_millis(),
-            routed_topic: outgoing.topic.to_string(),
             dead_letter: dead_letter.clone(),
             order_key,
             stripe,
@@ -462,7 +455,11 @@ impl Pump {
 
     /// A failed delivery, reported by the delivery callback.
     fn on_failed(&self, state: &mut State, failed: Failed) -> Result<(), String> {
-        let Failed { pending, error } = failed;
+        let Failed {
+            pending,
+            error,
+            routed_topic,
+        } = failed;
         let purged = is_purged(&error);
         if !purged {
             self.metrics
@@ -490,7 +487,7 @@ impl Pump {
                 let sent = self.dead_letter(
                     state,
                     &entry,
-                    &pending.routed_topic,
+                    &routed_topic,
                     &error.to_string(),
                     is_too_large(&error),
                 )?;
@@ -530,7 +527,7 @@ impl Pump {
                             "delivery failed {attempts} times while Kafka took other records: {error}"
                         );
                         let sent =
-                            self.dead_letter(state, &entry, &pending.routed_topic, &reason, false)?;
+                            self.dead_letter(state, &entry, &routed_topic, &reason, false)?;
                         self.again_if_busy(state, sent, &pending);
                         Ok(())
                     }
@@ -571,7 +568,7 @@ impl Pump {
             self.to_file(state, entry, routed_topic, reason);
             return Ok(Sent::Taken);
         };
-        let mut headers: Vec<(&'static str, std::borrow::Cow<'_, str>)> = vec![
+        let mut headers: SmallVec<[(&'static str, std::borrow::Cow<'_, str>); 4]> = smallvec![
             ("dead-letter-reason", reason.into()),
             ("routed-topic", routed_topic.into()),
         ];
@@ -594,6 +591,7 @@ impl Pump {
             topic: topic.into(),
             key: None,
             headers,
+            stamp: None,
             value,
         };
         let copy = DeadLetterCopy {

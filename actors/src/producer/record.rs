@@ -4,6 +4,9 @@
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
+use rdkafka::message::{Header, OwnedHeaders};
+use smallvec::{smallvec, SmallVec};
+
 use crate::backfill::{BackfillPayload, BACKFILL};
 use crate::conversations::record::LifecycleHead;
 use crate::conversations::LIFECYCLE;
@@ -19,8 +22,19 @@ pub(super) struct Outgoing<'a> {
     /// Borrowed from the settings for every record the bridge routes (no copy per event).
     pub(super) topic: Cow<'a, str>,
     pub(super) key: Option<Cow<'a, str>>,
-    pub(super) headers: Vec<(&'static str, Cow<'a, str>)>,
+    /// Headers with text values, inline (no allocation per record for up to four).
+    pub(super) headers: SmallVec<[(&'static str, Cow<'a, str>); 4]>,
+    /// The `received-at-ms` and `shard` headers, formatted only into librdkafka's own copy
+    /// (no `String` per record for them).
+    pub(super) stamp: Option<Stamp>,
     pub(super) value: &'a [u8],
+}
+
+/// Where and when the bridge took a record: its `received-at-ms` and `shard` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    pub(super) received_at_ms: i64,
+    pub(super) shard: u32,
 }
 
 impl Outgoing<'_> {
@@ -33,9 +47,37 @@ impl Outgoing<'_> {
         key.hash(&mut hasher);
         Some(hasher.finish())
     }
+
+    /// The record's Kafka headers, in order: the text ones, then the stamp (numbers formatted
+    /// on the stack; librdkafka copies every value).
+    pub(super) fn kafka_headers(&self) -> OwnedHeaders {
+        let count = self.headers.len() + if self.stamp.is_some() { 2 } else { 0 };
+        let mut headers = OwnedHeaders::new_with_capacity(count);
+        for (key, value) in &self.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(&**value),
+            });
+        }
+        if let Some(stamp) = self.stamp {
+            let mut number = itoa::Buffer::new();
+            headers = headers.insert(Header {
+                key: "received-at-ms",
+                value: Some(number.format(stamp.received_at_ms)),
+            });
+            headers = headers.insert(Header {
+                key: "shard",
+                value: Some(number.format(stamp.shard)),
+            });
+        }
+        headers
+    }
 }
 
 /// What to do with a spool entry.
+// `Send` is much larger than `DeadLetter`; a `Built` lives for one record on
+// the stack of the pump, so boxing it would add the allocation it exists to save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Built<'a> {
     Send(Outgoing<'a>),
@@ -49,16 +91,15 @@ pub(super) enum Built<'a> {
 /// Builds the Kafka record for `entry`.
 pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> Built<'a> {
     let record = &entry.record;
-    let common = |mut headers: Vec<(&'static str, Cow<'a, str>)>| {
-        headers.push(("received-at-ms", record.received_at_ms.to_string().into()));
-        headers.push(("shard", record.shard.to_string().into()));
-        headers
-    };
+    let stamp = Some(Stamp {
+        received_at_ms: record.received_at_ms,
+        shard: record.shard,
+    });
     match record.kind {
         RecordKind::Event => match event_meta(&record.payload) {
             Ok(meta) => {
                 let topic = Cow::Borrowed(settings.router.route(&meta.topic));
-                let mut headers = Vec::with_capacity(6);
+                let mut headers = SmallVec::new();
                 headers.push(("genesys-topic", meta.topic));
                 if let Some(correlation) = meta.correlation_id {
                     headers.push(("genesys-correlation-id", correlation));
@@ -66,7 +107,8 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> B
                 Built::Send(Outgoing {
                     topic,
                     key: meta.key,
-                    headers: common(headers),
+                    headers,
+                    stamp,
                     value: &record.payload,
                 })
             }
@@ -91,10 +133,11 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> B
             Built::Send(Outgoing {
                 topic,
                 key: Some(payload.conversation_id.into()),
-                headers: vec![
+                headers: smallvec![
                     ("bridge-record", "backfill".into()),
                     ("backfill-gap", payload.gap.into()),
                 ],
+                stamp: None,
                 value: payload.conversation.get().as_bytes(),
             })
         }
@@ -108,12 +151,13 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> B
             Built::Send(Outgoing {
                 topic: Cow::Borrowed(&settings.lifecycle_topic),
                 key: Some(head.conversation_id.into()),
-                headers: common(vec![
+                headers: smallvec![
                     ("bridge-record", "lifecycle".into()),
                     ("lifecycle-id", head.id.into()),
                     ("lifecycle-type", head.kind.as_str().into()),
                     ("lifecycle-source", head.source.as_str().into()),
-                ]),
+                ],
+                stamp,
                 value: &record.payload,
             })
         }
@@ -127,7 +171,8 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> B
         RecordKind::Gap | RecordKind::Reserved(_) => Built::Send(Outgoing {
             topic: Cow::Borrowed(&settings.status_topic),
             key: Some(format!("shard-{}", record.shard).into()),
-            headers: common(vec![("bridge-record", "status".into())]),
+            headers: smallvec![("bridge-record", "status".into())],
+            stamp,
             value: &record.payload,
         }),
     }
@@ -158,12 +203,15 @@ mod tests {
         SpoolEntry { seq: 7, record }
     }
 
-    fn header<'a>(outgoing: &'a Outgoing<'_>, name: &str) -> Option<&'a str> {
+    /// A header as librdkafka gets it.
+    fn header(outgoing: &Outgoing<'_>, name: &str) -> Option<String> {
+        use rdkafka::message::Headers;
         outgoing
-            .headers
+            .kafka_headers()
             .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_ref())
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8(v.to_vec()).expect("UTF-8"))
     }
 
     #[test]
@@ -182,12 +230,18 @@ mod tests {
             "the frame exactly as received"
         );
         assert_eq!(
-            header(&outgoing, "genesys-topic"),
+            header(&outgoing, "genesys-topic").as_deref(),
             Some("v2.users.u1.conversations")
         );
-        assert_eq!(header(&outgoing, "genesys-correlation-id"), Some("k9"));
-        assert_eq!(header(&outgoing, "received-at-ms"), Some("1700000000123"));
-        assert_eq!(header(&outgoing, "shard"), Some("3"));
+        assert_eq!(
+            header(&outgoing, "genesys-correlation-id").as_deref(),
+            Some("k9")
+        );
+        assert_eq!(
+            header(&outgoing, "received-at-ms").as_deref(),
+            Some("1700000000123")
+        );
+        assert_eq!(header(&outgoing, "shard").as_deref(), Some("3"));
         assert!(outgoing.order_key().is_some());
     }
 
@@ -201,6 +255,7 @@ mod tests {
         };
         assert_eq!(outgoing.topic, "events");
         assert_eq!(header(&outgoing, "genesys-correlation-id"), None);
+        assert_eq!(header(&outgoing, "shard").as_deref(), Some("0"));
     }
 
     #[test]
@@ -231,7 +286,12 @@ mod tests {
         assert_eq!(outgoing.topic, "backfill");
         assert_eq!(outgoing.key.as_deref(), Some("c3"));
         assert_eq!(outgoing.value, br#"{"id":"c3","x":1}"#);
-        assert_eq!(header(&outgoing, "backfill-gap"), Some("g1"));
+        assert_eq!(header(&outgoing, "backfill-gap").as_deref(), Some("g1"));
+        assert_eq!(
+            header(&outgoing, "shard"),
+            None,
+            "a backfilled record has no stamp"
+        );
         let settings_3 = settings(None);
         let Built::Send(outgoing) = build(&entry, &settings_3) else {
             panic!("routable");
@@ -251,6 +311,9 @@ mod tests {
         };
         assert_eq!(outgoing.topic, "status");
         assert_eq!(outgoing.key.as_deref(), Some("shard-4"));
-        assert_eq!(header(&outgoing, "bridge-record"), Some("status"));
+        assert_eq!(
+            header(&outgoing, "bridge-record").as_deref(),
+            Some("status")
+        );
     }
 }
