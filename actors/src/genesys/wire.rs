@@ -115,16 +115,17 @@ pub enum FrameKind {
 
 #[derive(Deserialize)]
 struct EnvelopeHead<'a> {
-    #[serde(rename = "topicName", borrow)]
-    topic_name: Option<std::borrow::Cow<'a, str>>,
-    #[serde(rename = "eventBody", default)]
-    event_body: Option<BodyHead>,
+    #[serde(rename = "topicName", default, borrow)]
+    topic_name: Option<Text<'a>>,
+    #[serde(rename = "eventBody", default, borrow)]
+    event_body: Option<BodyHead<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct BodyHead {
-    #[serde(default)]
-    message: Option<serde_json::Value>,
+struct BodyHead<'a> {
+    /// Kept raw: only a string message is looked at, and any other value is not built.
+    #[serde(default, borrow)]
+    message: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Why a frame could not be understood.
@@ -140,14 +141,14 @@ pub enum FrameError {
 pub fn classify_frame(text: &[u8]) -> Result<FrameKind, FrameError> {
     let head: EnvelopeHead<'_> =
         serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
-    let topic = head.topic_name.ok_or(FrameError::NoTopic)?;
+    let topic = head.topic_name.ok_or(FrameError::NoTopic)?.0;
     if topic == "channel.metadata" {
         let message = head
             .event_body
             .and_then(|b| b.message)
-            .and_then(|m| m.as_str().map(str::to_owned))
+            .and_then(raw_str)
             .unwrap_or_default();
-        return Ok(match message.as_str() {
+        return Ok(match &*message {
             "WebSocket Heartbeat" => FrameKind::Heartbeat,
             "pong" => FrameKind::Pong,
             _ => FrameKind::Metadata,
@@ -303,6 +304,25 @@ mod tests {
         assert_eq!(
             classify_frame(br#"{"eventBody":{}}"#),
             Err(FrameError::NoTopic)
+        );
+        assert_eq!(
+            classify_frame(br#"{"topicName":null,"eventBody":{}}"#),
+            Err(FrameError::NoTopic)
+        );
+        // Escapes are read, not compared raw; a message that is not a string is other metadata.
+        let escaped =
+            br#"{"topicName":"channel.meta\u0064ata","eventBody":{"message":"po\u006eg"}}"#;
+        assert_eq!(classify_frame(escaped), Ok(FrameKind::Pong));
+        let odd = br#"{"topicName":"channel.metadata","eventBody":{"message":{"a":[1]}}}"#;
+        assert_eq!(classify_frame(odd), Ok(FrameKind::Metadata));
+        let event = br#"{"topicName":"v2.users.u1.presence","eventBody":{"a":{"b":[{"c":1}]}}}"#;
+        assert_eq!(classify_frame(event), Ok(FrameKind::Event));
+        let no_longer = br#"{"topicName":"v2.system.no_longer_subscribed.x","eventBody":{}}"#;
+        assert_eq!(
+            classify_frame(no_longer),
+            Ok(FrameKind::ChannelInvalidated(
+                "v2.system.no_longer_subscribed.x".into()
+            ))
         );
     }
 

@@ -233,6 +233,7 @@ impl SocketActor {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
                 // destination, where it can be inspected (once, if both legs brought it).
                 if self.merge.needed(&self.attached) {
+                    self.sync_connect_pending();
                     let identity = merge::raw_identity(&data);
                     let verdict =
                         self.merge
@@ -256,6 +257,13 @@ impl SocketActor {
                 }
             }
         }
+    }
+
+    /// Tells the merge whether a socket is being connected (it keeps complete entries for
+    /// one only while that can bring copies).
+    fn sync_connect_pending(&mut self) {
+        let pending = self.legs.iter().any(|leg| leg.pending.is_some());
+        self.merge.set_connect_pending(pending);
     }
 
     /// A frame of `conn_id` is dealt with (durably, for an event). A restart's gap starts where
@@ -332,6 +340,7 @@ impl SocketActor {
                         }
                     );
                 }
+                self.sync_connect_pending();
                 match self.merge.offer_keyed(keys, conn_id, &self.attached, now) {
                     Verdict::Deliver => {}
                     Verdict::Duplicate => {
