@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// `POST /oauth/token` answer.
 #[derive(Debug, Deserialize)]
@@ -113,19 +114,37 @@ pub enum FrameKind {
     Event,
 }
 
+/// A text frame read once: what the socket needs to sort it ([`Envelope::kind`]) and to merge
+/// the copies its legs bring (topic, body and `CorrelationId` as received), borrowed from the
+/// frame. The body is not built: it is skipped over and kept as its raw text.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    topic: Option<Cow<'a, str>>,
+    body: Option<&'a RawValue>,
+    metadata: Option<&'a RawValue>,
+}
+
 #[derive(Deserialize)]
-struct EnvelopeHead<'a> {
+struct EnvelopeRaw<'a> {
     #[serde(rename = "topicName", default, borrow)]
     topic_name: Option<Text<'a>>,
     #[serde(rename = "eventBody", default, borrow)]
-    event_body: Option<BodyHead<'a>>,
+    event_body: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
 struct BodyHead<'a> {
     /// Kept raw: only a string message is looked at, and any other value is not built.
     #[serde(default, borrow)]
-    message: Option<&'a serde_json::value::RawValue>,
+    message: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MetadataRaw<'a> {
+    #[serde(rename = "CorrelationId", default, borrow)]
+    correlation_id: Option<&'a RawValue>,
 }
 
 /// Why a frame could not be understood.
@@ -137,33 +156,75 @@ pub enum FrameError {
     NoTopic,
 }
 
+impl<'a> Envelope<'a> {
+    /// Reads a text frame's envelope (one parse; nothing of the body is copied).
+    pub fn read(text: &'a [u8]) -> Result<Self, FrameError> {
+        let raw: EnvelopeRaw<'a> =
+            serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
+        Ok(Self {
+            topic: raw.topic_name.map(|t| t.0),
+            body: raw.event_body,
+            metadata: raw.metadata,
+        })
+    }
+
+    /// The `topicName`, unescaped.
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
+    /// The `eventBody` as received (`None` when absent or `null`).
+    pub fn body_raw(&self) -> Option<&'a str> {
+        self.body.map(RawValue::get)
+    }
+
+    /// The `metadata.CorrelationId` as received (its JSON text), when there is one. Metadata
+    /// that is not an object has none.
+    pub fn correlation_raw(&self) -> Option<&'a str> {
+        let metadata = self.metadata?;
+        serde_json::from_str::<MetadataRaw<'a>>(metadata.get())
+            .ok()?
+            .correlation_id
+            .map(RawValue::get)
+    }
+
+    /// What the frame is, as far as the bridge's control logic cares.
+    pub fn kind(&self) -> Result<FrameKind, FrameError> {
+        let topic = self.topic.as_deref().ok_or(FrameError::NoTopic)?;
+        let body = self.body.map(RawValue::get);
+        if body.is_some_and(|b| !b.starts_with('{')) {
+            return Err(FrameError::Json("eventBody is not an object".into()));
+        }
+        if topic == "channel.metadata" {
+            let head: BodyHead<'_> = match body {
+                Some(body) => {
+                    serde_json::from_str(body).map_err(|e| FrameError::Json(e.to_string()))?
+                }
+                None => BodyHead::default(),
+            };
+            let message = head.message.and_then(raw_str).unwrap_or_default();
+            return Ok(match &*message {
+                "WebSocket Heartbeat" => FrameKind::Heartbeat,
+                "pong" => FrameKind::Pong,
+                _ => FrameKind::Metadata,
+            });
+        }
+        if let Some(system) = topic.strip_prefix("v2.system.") {
+            if system.starts_with("socket_closing") {
+                return Ok(FrameKind::SocketClosing);
+            }
+            if system.starts_with("token_revoked") || system.starts_with("no_longer_subscribed") {
+                return Ok(FrameKind::ChannelInvalidated(topic.to_owned()));
+            }
+            return Ok(FrameKind::OtherSystem(topic.to_owned()));
+        }
+        Ok(FrameKind::Event)
+    }
+}
+
 /// Sorts a text frame into [`FrameKind`] without copying its body.
 pub fn classify_frame(text: &[u8]) -> Result<FrameKind, FrameError> {
-    let head: EnvelopeHead<'_> =
-        serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
-    let topic = head.topic_name.ok_or(FrameError::NoTopic)?.0;
-    if topic == "channel.metadata" {
-        let message = head
-            .event_body
-            .and_then(|b| b.message)
-            .and_then(raw_str)
-            .unwrap_or_default();
-        return Ok(match &*message {
-            "WebSocket Heartbeat" => FrameKind::Heartbeat,
-            "pong" => FrameKind::Pong,
-            _ => FrameKind::Metadata,
-        });
-    }
-    if let Some(system) = topic.strip_prefix("v2.system.") {
-        if system.starts_with("socket_closing") {
-            return Ok(FrameKind::SocketClosing);
-        }
-        if system.starts_with("token_revoked") || system.starts_with("no_longer_subscribed") {
-            return Ok(FrameKind::ChannelInvalidated(topic.into_owned()));
-        }
-        return Ok(FrameKind::OtherSystem(topic.into_owned()));
-    }
-    Ok(FrameKind::Event)
+    Envelope::read(text)?.kind()
 }
 
 /// What the Kafka producer needs from an event envelope, borrowed from the frame where the
@@ -194,7 +255,7 @@ struct BodyIds<'a> {
     conversation_id: Option<Text<'a>>,
     /// Kept raw: only a string id is used, and an object or array here is not built.
     #[serde(default, borrow)]
-    id: Option<&'a serde_json::value::RawValue>,
+    id: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,7 +271,7 @@ struct Metadata<'a> {
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// A raw JSON string as text: borrowed when it has no escapes.
-fn raw_str(raw: &serde_json::value::RawValue) -> Option<Cow<'_, str>> {
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     if !text.starts_with('"') {
         return None;
@@ -324,6 +385,34 @@ mod tests {
                 "v2.system.no_longer_subscribed.x".into()
             ))
         );
+    }
+
+    #[test]
+    fn an_envelope_is_read_once_for_its_kind_and_its_merge_identity() {
+        let frame = br#"{"topicName":"v2.users.u\u0031.presence","eventBody":{"a":[1,{"b":2}]},"metadata":{"CorrelationId":"k1"}}"#;
+        let envelope = Envelope::read(frame).unwrap();
+        assert_eq!(envelope.topic(), Some("v2.users.u1.presence"));
+        assert_eq!(envelope.body_raw(), Some(r#"{"a":[1,{"b":2}]}"#));
+        assert_eq!(envelope.correlation_raw(), Some(r#""k1""#));
+        assert_eq!(envelope.kind(), Ok(FrameKind::Event));
+        // Metadata that is not an object, or without a CorrelationId: none, and still an event.
+        for odd in [
+            &br#"{"topicName":"t","eventBody":{},"metadata":7}"#[..],
+            br#"{"topicName":"t","eventBody":{},"metadata":{"other":1}}"#,
+            br#"{"topicName":"t","eventBody":{}}"#,
+        ] {
+            let envelope = Envelope::read(odd).unwrap();
+            assert_eq!(envelope.correlation_raw(), None);
+            assert_eq!(envelope.kind(), Ok(FrameKind::Event));
+        }
+        // A body that is not an object is a malformed frame, as a missing topic is.
+        let scalar = Envelope::read(br#"{"topicName":"t","eventBody":5}"#).unwrap();
+        assert!(matches!(scalar.kind(), Err(FrameError::Json(_))));
+        let null_body = Envelope::read(br#"{"topicName":"t","eventBody":null}"#).unwrap();
+        assert_eq!(null_body.body_raw(), None);
+        assert_eq!(null_body.kind(), Ok(FrameKind::Event));
+        let no_topic = Envelope::read(br#"{"eventBody":{}}"#).unwrap();
+        assert_eq!(no_topic.kind(), Err(FrameError::NoTopic));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::lifecycle::Place;
 use super::merge::{self, Verdict};
 use super::SocketActor;
-use crate::genesys::wire::{classify_frame, FrameKind};
+use crate::genesys::wire::{Envelope, FrameKind};
 use crate::spool::{Record, RecordKind};
 
 /// Spool record kind of a frame that is not a notification envelope (binary, not JSON, no
@@ -165,12 +165,27 @@ impl SocketActor {
         }
         self.last_frame_wall = Some(now);
         self.report_seen(seen_at, false);
-        let kind = if is_text {
-            classify_frame(&data)
+        // One parse per frame: its kind, and for an event the identities the merge needs
+        // (taken now, while the envelope borrows the payload).
+        let (kind, ids) = if is_text {
+            match Envelope::read(&data) {
+                Ok(envelope) => {
+                    let kind = envelope.kind();
+                    let ids = (matches!(kind, Ok(FrameKind::Event))
+                        && self.merge.needed(&self.attached))
+                    .then(|| merge::identities(&envelope))
+                    .flatten();
+                    (kind, ids)
+                }
+                Err(error) => (Err(error), None),
+            }
         } else {
-            Err(crate::genesys::wire::FrameError::Json(
-                "binary frame".into(),
-            ))
+            (
+                Err(crate::genesys::wire::FrameError::Json(
+                    "binary frame".into(),
+                )),
+                None,
+            )
         };
         let counter = match &kind {
             Ok(FrameKind::Heartbeat) => &self.frames.heartbeat,
@@ -227,7 +242,7 @@ impl SocketActor {
                     self.health
                         .shard(self.shard, |s| s.last_event_at = Some(now));
                 }
-                self.deliver(conn_id, data, now_ms, ctx);
+                self.deliver(conn_id, data, ids, now_ms, ctx);
             }
             Err(error) => {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
@@ -322,9 +337,16 @@ impl SocketActor {
         }
     }
 
-    fn deliver(&mut self, conn_id: u64, data: Bytes, received_at_ms: i64, ctx: &mut Context<Self>) {
+    fn deliver(
+        &mut self,
+        conn_id: u64,
+        data: Bytes,
+        ids: Option<merge::Identities>,
+        received_at_ms: i64,
+        ctx: &mut Context<Self>,
+    ) {
         if self.merge.needed(&self.attached) {
-            if let Some(ids) = merge::event_identities(&data) {
+            if let Some(ids) = ids.or_else(|| merge::event_identities(&data)) {
                 let now = Instant::now();
                 let keys = self.merge.identify(&ids, conn_id, &self.attached, now);
                 if let Some(keying) = self.merge.take_keying_change() {

@@ -38,13 +38,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use smallvec::{smallvec, SmallVec};
 
 #[cfg(test)]
 use super::correlation::MIN_SAMPLE;
 use super::correlation::{Keying, Learner};
+use crate::genesys::wire::Envelope;
 
 /// How long after a socket attached complete entries are kept for it.
 pub const ATTACH_GRACE: Duration = Duration::from_secs(5);
@@ -55,22 +54,6 @@ const COMPACT_AT: usize = 1024;
 
 /// The identity of an event: 128 bits of a hash of its topic and body.
 pub type Identity = u128;
-
-#[derive(Deserialize)]
-struct TopicAndBody<'a> {
-    #[serde(rename = "topicName", borrow)]
-    topic_name: &'a RawValue,
-    #[serde(rename = "eventBody", borrow, default)]
-    event_body: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    metadata: Option<MetadataRef<'a>>,
-}
-
-#[derive(Deserialize)]
-struct MetadataRef<'a> {
-    #[serde(rename = "CorrelationId", borrow, default)]
-    correlation_id: Option<&'a RawValue>,
-}
 
 /// The identities of one event frame, from one parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,24 +68,27 @@ pub struct Identities {
 
 /// The identities of an event frame, or `None` if it is not an envelope with a topic.
 pub fn event_identities(frame: &[u8]) -> Option<Identities> {
-    let parsed: TopicAndBody<'_> = serde_json::from_slice(frame).ok()?;
+    identities(&Envelope::read(frame).ok()?)
+}
+
+/// The identities of an envelope already read (the socket reads each frame once), or `None`
+/// if it has no topic.
+pub fn identities(envelope: &Envelope<'_>) -> Option<Identities> {
+    let topic = envelope.topic()?;
+    let body = envelope.body_raw();
     // Two fixed-key SipHash states (stable within a process, which is all the merge needs).
     let mut low = DefaultHasher::new();
     let mut high = DefaultHasher::new();
     0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
     for hasher in [&mut low, &mut high] {
-        parsed.topic_name.get().hash(hasher);
-        parsed.event_body.map(RawValue::get).hash(hasher);
+        topic.hash(hasher);
+        body.hash(hasher);
     }
     let join = |low: &DefaultHasher, high: &DefaultHasher| {
         ((high.finish() as u128) << 64) | low.finish() as u128
     };
     let by_body = join(&low, &high);
-    let Some(correlation_id) = parsed
-        .metadata
-        .and_then(|m| m.correlation_id)
-        .map(RawValue::get)
-    else {
+    let Some(correlation_id) = envelope.correlation_raw() else {
         return Some(Identities {
             by_body,
             by_correlation: by_body,
