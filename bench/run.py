@@ -652,6 +652,18 @@ class Harness:
             last = samplers[kind].stop()
             tail.stop()
             acc = account(ledger, tail)
+            lost = acc.lost
+            if acc.lost:
+                # The tail is the harness's view of Kafka, and it can fall behind where it may not
+                # count as a loss: in a kafka_down run of 2026-12-07 it saw 14,648 of the
+                # bridge's 16,783 events, while tansu's sqlite store held all 16,783, once each
+                # (tansu's sqlite engine slows as it fills). A fresh consumer reads the client's
+                # topics from the beginning; what it finds is what landed.
+                found = {lib.correlation_id(v)
+                         for v in lib.read_all(tansu.brokers, client.kafka_topics, idle_s=5.0, timeout=180.0)}
+                lost = len({e["correlationId"] for e in ledger if e.get("correlationId")} - found)
+                log(f"faults/{fault}/{kind}: the tail missed {acc.lost}; a re-read from the beginning "
+                    f"misses {lost}")
             sent = sorted(e["sentAtMs"] for e in ledger)
             window = [t_fault - 1000] + [t for t in sent if t_fault - 1000 <= t <= t_stop] + [t_stop]
             gap = max((b - a for a, b in zip(window, window[1:])), default=0.0)
@@ -663,8 +675,9 @@ class Harness:
                 gap_records = sum(1 for v in lib.read_all(tansu.brokers, [BRIDGE_TOPICS[1]]) if b'"gap"' in v)
             out[kind] = {
                 "ledger_events": acc.ledger_events,
-                "landed": acc.landed_matching,
-                "lost": acc.lost,
+                "landed": acc.landed_matching + (acc.lost - lost),
+                "lost": lost,
+                "tail_missed": acc.lost,
                 "duplicated": acc.duplicated,
                 "other_records": acc.other_records,
                 "after_fault": sum(1 for t in sent if t > t_fault),
