@@ -659,8 +659,12 @@ class Harness:
                 # bridge's 16,783 events, while tansu's sqlite store held all 16,783, once each
                 # (tansu's sqlite engine slows as it fills). A fresh consumer reads the client's
                 # topics from the beginning; what it finds is what landed.
-                found = {lib.correlation_id(v)
-                         for v in lib.read_all(tansu.brokers, client.kafka_topics, idle_s=5.0, timeout=180.0)}
+                # What the tail saw counts too (the re-read can come back short: its consumer stops
+                # after `idle_s` without a record, and a slow broker's first fetch can take that
+                # long; the run of 2026-12-07 found nothing of the baseline's records this way).
+                found = set(tail.first) | {
+                    lib.correlation_id(v)
+                    for v in lib.read_all(tansu.brokers, client.kafka_topics, idle_s=5.0, timeout=180.0)}
                 lost = len({e["correlationId"] for e in ledger if e.get("correlationId")} - found)
                 log(f"faults/{fault}/{kind}: the tail missed {acc.lost}; a re-read from the beginning "
                     f"misses {lost}")
