@@ -346,7 +346,9 @@ impl SocketActor {
         ctx: &mut Context<Self>,
     ) {
         if self.merge.needed(&self.attached) {
-            if let Some(ids) = ids.or_else(|| merge::event_identities(&data)) {
+            // `ids` is taken in `on_message` whenever the merge is needed (nothing between
+            // there and here changes that), so the frame is not parsed again.
+            if let Some(ids) = ids {
                 let now = Instant::now();
                 let keys = self.merge.identify(&ids, conn_id, &self.attached, now);
                 if let Some(keying) = self.merge.take_keying_change() {
