@@ -145,4 +145,38 @@ fn every_event_arrives_once_with_key_headers_and_order() {
         bridge.metric("genesys_bridge_events_produced_total") as usize,
         sent.len() + status.len()
     );
+
+    // The spool kept, beside every event, where its topic, key and CorrelationId are (so the
+    // producer did not parse it again): the kind byte of each frame has the index flag.
+    let (events_spooled, indexed) = spooled_event_frames(&bridge.dir.join("spool"));
+    assert!(
+        events_spooled >= sent.len(),
+        "{events_spooled} events in the spool"
+    );
+    assert_eq!(indexed, events_spooled, "every spooled event has its index");
+}
+
+/// Event frames in the spool's segment files, and how many of them carry an event index (the
+/// frame layout of `actors/src/spool/record.rs`).
+fn spooled_event_frames(spool: &std::path::Path) -> (usize, usize) {
+    let (mut events, mut indexed) = (0, 0);
+    for entry in std::fs::read_dir(spool).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|ext| ext != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[4], 2, "segment format 2: {}", path.display());
+        let mut at = 16;
+        while at + 29 <= bytes.len() {
+            let body_len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let kind = bytes[at + 28];
+            if kind & 0x7f == 0 {
+                events += 1;
+                indexed += usize::from(kind & 0x80 != 0);
+            }
+            at += 8 + body_len;
+        }
+    }
+    (events, indexed)
 }

@@ -50,6 +50,7 @@ fn record(rng: &mut Rng, n: u64) -> Record {
         shard: (n % 3) as u32,
         received_at_ms: 1_700_000_000_000 + n as i64,
         payload: format!("{n:08}{}", "p".repeat(len)).into_bytes().into(),
+        index: None,
     }
 }
 

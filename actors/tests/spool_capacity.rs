@@ -72,6 +72,7 @@ fn block_policy_refuses_events_but_keeps_room_for_gap_records() {
             shard: 0,
             received_at_ms: 1_500,
             payload: vec![b'm'; PAYLOAD].into(),
+            index: None,
         };
         let error = spool
             .append(&record)

@@ -13,8 +13,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use genesys_actors::spool::{
-    segment_file_name, AppendOutcome, CommittedFileStatus, Record, Spool, SpoolConfig, SpoolEntry,
-    SpoolError, WhenFull, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    segment_file_name, AppendOutcome, CommittedFileStatus, EventIndex, Record, Span, Spool,
+    SpoolConfig, SpoolEntry, SpoolError, WhenFull, EVENT_INDEX_BYTES, FORMAT_VERSION,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 
 const PAYLOAD: usize = 100;
@@ -346,6 +347,132 @@ fn a_segment_of_a_newer_format_version_is_refused_untouched() {
         "{error}"
     );
     assert_eq!(std::fs::read(&path).expect("read"), before);
+}
+
+/// An event with the index the socket gives it (topic and key spans of its payload).
+fn indexed_event(n: u64) -> Record {
+    let payload = format!(r#"{{"topicName":"v2.users.u{n:04}.conversations","eventBody":{{}}}}"#);
+    let topic_start = payload.find("v2.").unwrap();
+    let index = EventIndex {
+        topic: Span {
+            start: topic_start as u32,
+            len: "v2.users.u0000.conversations".len() as u32,
+        },
+        key: Some(Span {
+            start: (topic_start + "v2.users.".len()) as u32,
+            len: 5,
+        }),
+        correlation: None,
+    };
+    Record::event(1, n as i64, payload).with_index(Some(index))
+}
+
+/// Rewrites every segment's header as format 1 (what a bridge before event indexes wrote:
+/// the frames are the same).
+fn make_format_1(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "seg") {
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&[1], 4).unwrap();
+        }
+    }
+}
+
+fn header_version(path: &Path) -> u8 {
+    std::fs::read(path).unwrap()[4]
+}
+
+#[test]
+fn a_format_1_spool_is_read_and_indexed_records_go_only_into_a_new_segment() {
+    let _shared = no_spawn_in_flight();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 1 << 20, 3);
+    make_format_1(dir.path());
+    let old = segment_path(dir.path(), 1);
+    let before = std::fs::read(&old).unwrap();
+
+    let (spool, report) = Spool::open(config(dir.path(), 1 << 20)).expect("format 1 opens");
+    assert_eq!(report.next_seq, 4);
+    for n in 4..=5 {
+        let outcome = spool.append(&indexed_event(n)).expect("append");
+        assert!(matches!(outcome, AppendOutcome::Appended { seq, .. } if seq == n));
+    }
+    let entries = read_all(&spool, 1);
+    assert_eq!(seqs(&entries), vec![1, 2, 3, 4, 5]);
+    assert!(entries[..3].iter().all(|e| e.record.index.is_none()));
+    for (entry, n) in entries[3..].iter().zip(4..) {
+        assert_eq!(
+            entry.record,
+            indexed_event(n),
+            "payload and index as appended"
+        );
+    }
+    spool.close().expect("close");
+    // The format 1 segment was not appended to (an older bridge can still read it); the
+    // indexed records are in a new, format 2 segment, which an older bridge refuses.
+    assert_eq!(std::fs::read(&old).unwrap(), before);
+    let new = segment_path(dir.path(), 4);
+    assert_eq!(header_version(&new), FORMAT_VERSION);
+    assert_eq!(
+        file_len(&new),
+        HEADER
+            + 2 * (RECORD_HEADER_BYTES + EVENT_INDEX_BYTES) as u64
+            + 2 * indexed_event(4).payload.len() as u64
+    );
+    let (spool, _) = Spool::open(config(dir.path(), 1 << 20)).expect("reopen");
+    assert_eq!(read_all(&spool, 1), entries);
+}
+
+#[test]
+fn on_a_full_disk_a_format_1_segment_kept_active_gets_records_without_their_index() {
+    let _shared = no_spawn_in_flight();
+    let Some(tmpfs) = Tmpfs::mount("128k") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let dir = tmpfs.dir.clone();
+    // Two segments, the last one half full: its last page has room for a few frames.
+    fill(&dir, 4096, PER_SEGMENT + 10);
+    make_format_1(&dir);
+    let last = segment_path(&dir, PER_SEGMENT + 1);
+    let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+    while filler.write_all(&[0u8; 4096]).is_ok() {}
+    let _ = filler.sync_all();
+
+    let (spool, _) = Spool::open(config(&dir, 4096)).expect("opens on the full disk");
+    assert!(
+        !segment_path(&dir, PER_SEGMENT + 11).exists(),
+        "no room for a new segment: the format 1 one stays active"
+    );
+    let len_before = file_len(&last);
+    let seq = PER_SEGMENT + 11;
+    let outcome = spool
+        .append(&indexed_event(seq))
+        .expect("fits its last page");
+    assert!(matches!(outcome, AppendOutcome::Appended { seq: s, .. } if s == seq));
+    // Written without the index, as a format 1 frame: an older bridge reads it as an event.
+    let plain = indexed_event(seq).with_index(None);
+    let frame_len = (RECORD_HEADER_BYTES + plain.payload.len()) as u64;
+    assert_eq!(file_len(&last), len_before + frame_len);
+    let bytes = std::fs::read(&last).unwrap();
+    assert_eq!(
+        bytes[len_before as usize + RECORD_HEADER_BYTES - 1],
+        0,
+        "kind byte: a plain event"
+    );
+    assert_eq!(header_version(&last), 1);
+    // The socket's path: a batch.
+    let batch = spool.append_batch(&[indexed_event(seq + 1)]);
+    assert!(batch.error.is_none(), "{:?}", batch.error);
+    let batch_frame = bytes.len() as u64;
+    assert_eq!(file_len(&last), batch_frame + frame_len);
+    let bytes = std::fs::read(&last).unwrap();
+    assert_eq!(bytes[batch_frame as usize + RECORD_HEADER_BYTES - 1], 0);
+    let entries = read_all(&spool, seq);
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].record, plain);
+    assert_eq!(entries[1].record, indexed_event(seq + 1).with_index(None));
 }
 
 #[test]

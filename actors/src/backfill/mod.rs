@@ -314,6 +314,7 @@ impl Worker {
             shard: gap.shard,
             received_at_ms: Utc::now().timestamp_millis(),
             payload: bytes.into(),
+            index: None,
         };
         let view = self
             .conversations

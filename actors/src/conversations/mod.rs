@@ -327,6 +327,7 @@ impl Inner {
                 shard,
                 received_at_ms: now_ms,
                 payload: payload.into(),
+                index: None,
             };
             match self.spool.append(&record) {
                 Ok(AppendOutcome::Appended { .. }) => {

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::spool::{EventIndex, Span};
+
 /// `POST /oauth/token` answer.
 #[derive(Debug, Deserialize)]
 pub struct TokenResponse {
@@ -117,11 +119,25 @@ pub enum FrameKind {
 /// A text frame read once: what the socket needs to sort it ([`Envelope::kind`]) and to merge
 /// the copies its legs bring (topic, body and `CorrelationId` as received), borrowed from the
 /// frame. The body is not built: it is skipped over and kept as its raw text.
+///
+/// Read with [`Envelope::read`], the body is kept as its raw text (what the merge of two legs
+/// compares); read with [`Envelope::read_ids`], only the body's own members the bridge looks at
+/// are kept (the Kafka key's ids, a `channel.metadata` message), in the same one pass. Either
+/// way [`Envelope::index`] tells the producer where topic, key and `CorrelationId` lie in the
+/// frame, so it does not parse it again.
 #[derive(Debug)]
 pub struct Envelope<'a> {
     topic: Option<Cow<'a, str>>,
-    body: Option<&'a RawValue>,
+    body: Body<'a>,
     metadata: Option<&'a RawValue>,
+}
+
+#[derive(Debug)]
+enum Body<'a> {
+    /// Absent or `null`.
+    Absent,
+    Raw(&'a RawValue),
+    Ids(BodyIdsRaw<'a>),
 }
 
 #[derive(Deserialize)]
@@ -132,6 +148,83 @@ struct EnvelopeRaw<'a> {
     event_body: Option<&'a RawValue>,
     #[serde(default, borrow)]
     metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIds<'a> {
+    #[serde(rename = "topicName", default, borrow)]
+    topic_name: Option<Text<'a>>,
+    #[serde(rename = "eventBody", default, borrow)]
+    event_body: Option<BodyIdsRaw<'a>>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// The body's members the bridge reads, each kept raw (nothing else of the body is built). A
+/// body that is not an object is refused, as [`Envelope::kind`] refuses a raw one; a member
+/// given twice is noted, not refused, so that the frame is sorted as the raw read sorts it and
+/// the producer's own parse decides about it ([`Envelope::index`] gives none).
+#[derive(Debug, Default, Clone, Copy)]
+struct BodyIdsRaw<'a> {
+    conversation_id: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    message: Option<&'a RawValue>,
+    /// `conversationId` or `id` given twice.
+    repeated_id: bool,
+    /// `message` given twice.
+    repeated_message: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BodyIdsRaw<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier)]
+        enum Member {
+            #[serde(rename = "conversationId")]
+            ConversationId,
+            #[serde(rename = "id")]
+            Id,
+            #[serde(rename = "message")]
+            Message,
+            #[serde(other)]
+            Other,
+        }
+        struct Visit<'a>(std::marker::PhantomData<BodyIdsRaw<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = BodyIdsRaw<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an eventBody object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut body = BodyIdsRaw::default();
+                while let Some(member) = map.next_key::<Member>()? {
+                    let (slot, repeated) = match member {
+                        Member::ConversationId => {
+                            (&mut body.conversation_id, &mut body.repeated_id)
+                        }
+                        Member::Id => (&mut body.id, &mut body.repeated_id),
+                        Member::Message => (&mut body.message, &mut body.repeated_message),
+                        Member::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    // `null` reads as absent, as an `Option` field does.
+                    let value = map.next_value::<Option<&'de RawValue>>()?;
+                    if slot.is_some() {
+                        *repeated = true;
+                    } else {
+                        *slot = value;
+                    }
+                }
+                Ok(body)
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -148,7 +241,7 @@ struct MetadataRaw<'a> {
 }
 
 /// Why a frame could not be understood.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum FrameError {
     #[error("not valid JSON: {0}")]
     Json(String),
@@ -157,14 +250,89 @@ pub enum FrameError {
 }
 
 impl<'a> Envelope<'a> {
-    /// Reads a text frame's envelope (one parse; nothing of the body is copied).
+    /// Reads a text frame's envelope, keeping the body's raw text (one parse; nothing of the
+    /// body is copied). For the merge, which compares bodies.
     pub fn read(text: &'a [u8]) -> Result<Self, FrameError> {
         let raw: EnvelopeRaw<'a> =
             serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
         Ok(Self {
             topic: raw.topic_name.map(|t| t.0),
-            body: raw.event_body,
+            body: raw.event_body.map_or(Body::Absent, Body::Raw),
             metadata: raw.metadata,
+        })
+    }
+
+    /// Reads a text frame's envelope and the body's ids in one pass (the body's text is not
+    /// kept). A body that is not an object is a malformed frame here already.
+    pub fn read_ids(text: &'a [u8]) -> Result<Self, FrameError> {
+        let raw: EnvelopeIds<'a> =
+            serde_json::from_slice(text).map_err(|e| FrameError::Json(e.to_string()))?;
+        Ok(Self {
+            topic: raw.topic_name.map(|t| t.0),
+            body: raw.event_body.map_or(Body::Absent, Body::Ids),
+            metadata: raw.metadata,
+        })
+    }
+
+    /// Where the producer's fields lie in `frame` (the bytes this envelope was read from):
+    /// topic, Kafka key and `CorrelationId`, exactly as [`event_meta`] reads them. `None` when
+    /// any of them is not a plain string in the frame (an escape, a number, a member given
+    /// twice, metadata that is not an object): the producer then parses the frame itself, and
+    /// decides about it as before.
+    pub fn index(&self, frame: &[u8]) -> Option<EventIndex> {
+        let Some(Cow::Borrowed(topic)) = &self.topic else {
+            return None;
+        };
+        let correlation = match self.metadata {
+            None => None,
+            Some(metadata) => {
+                let metadata: MetadataRaw<'_> = serde_json::from_str(metadata.get()).ok()?;
+                match metadata.correlation_id {
+                    None => None,
+                    Some(raw) => Some(plain_str(raw)?),
+                }
+            }
+        };
+        let ids = match self.body {
+            Body::Absent => BodyIdsRaw::default(),
+            Body::Ids(ids) => ids,
+            Body::Raw(raw) => serde_json::from_str(raw.get()).ok()?,
+        };
+        if ids.repeated_id {
+            return None;
+        }
+        let conversation_id = match ids.conversation_id {
+            None => None,
+            Some(raw) => Some(plain_str(raw)?),
+        };
+        let key = if topic.starts_with("v2.detail.events.conversation.") {
+            conversation_id.or_else(|| topic_entity_id_str(topic))
+        } else {
+            let id = match ids.id {
+                Some(raw) if conversation_id.is_none() && is_conversation_topic(topic) => {
+                    // Only a string is a key; any other value is passed over.
+                    if raw.get().starts_with('"') {
+                        Some(plain_str(raw)?)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            conversation_id
+                .or(id)
+                .or_else(|| topic_entity_id_str(topic))
+        };
+        Some(EventIndex {
+            topic: Span::of(topic, frame)?,
+            key: match key {
+                Some(key) => Some(Span::of(key, frame)?),
+                None => None,
+            },
+            correlation: match correlation {
+                Some(correlation) => Some(Span::of(correlation, frame)?),
+                None => None,
+            },
         })
     }
 
@@ -173,9 +341,13 @@ impl<'a> Envelope<'a> {
         self.topic.as_deref()
     }
 
-    /// The `eventBody` as received (`None` when absent or `null`).
+    /// The `eventBody` as received (`None` when absent or `null`, or when read with
+    /// [`Envelope::read_ids`], which does not keep it).
     pub fn body_raw(&self) -> Option<&'a str> {
-        self.body.map(RawValue::get)
+        match self.body {
+            Body::Raw(raw) => Some(raw.get()),
+            Body::Absent | Body::Ids(_) => None,
+        }
     }
 
     /// The `metadata.CorrelationId` as received (its JSON text), when there is one. Metadata
@@ -191,18 +363,25 @@ impl<'a> Envelope<'a> {
     /// What the frame is, as far as the bridge's control logic cares.
     pub fn kind(&self) -> Result<FrameKind, FrameError> {
         let topic = self.topic.as_deref().ok_or(FrameError::NoTopic)?;
-        let body = self.body.map(RawValue::get);
-        if body.is_some_and(|b| !b.starts_with('{')) {
-            return Err(FrameError::Json("eventBody is not an object".into()));
+        if let Body::Raw(raw) = self.body {
+            if !raw.get().starts_with('{') {
+                return Err(FrameError::Json("eventBody is not an object".into()));
+            }
         }
         if topic == "channel.metadata" {
-            let head: BodyHead<'_> = match body {
-                Some(body) => {
-                    serde_json::from_str(body).map_err(|e| FrameError::Json(e.to_string()))?
+            let message = match self.body {
+                Body::Absent => None,
+                Body::Raw(raw) => {
+                    let head: BodyHead<'_> = serde_json::from_str(raw.get())
+                        .map_err(|e| FrameError::Json(e.to_string()))?;
+                    head.message
                 }
-                None => BodyHead::default(),
+                Body::Ids(ids) if ids.repeated_message => {
+                    return Err(FrameError::Json("duplicate field `message`".into()));
+                }
+                Body::Ids(ids) => ids.message,
             };
-            let message = head.message.and_then(raw_str).unwrap_or_default();
+            let message = message.and_then(raw_str).unwrap_or_default();
             return Ok(match &*message {
                 "WebSocket Heartbeat" => FrameKind::Heartbeat,
                 "pong" => FrameKind::Pong,
@@ -236,6 +415,22 @@ pub struct EventMeta<'a> {
     /// id inside the topic name.
     pub key: Option<Cow<'a, str>>,
     pub correlation_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> EventMeta<'a> {
+    /// The fields an [`EventIndex`] points at in `frame`, or `None` when it does not fit the
+    /// frame (then the frame is parsed: [`event_meta`]).
+    pub fn from_index(index: &EventIndex, frame: &'a [u8]) -> Option<EventMeta<'a>> {
+        let text = |span: Option<Span>| match span {
+            None => Some(None),
+            Some(span) => span.get(frame).map(|text| Some(Cow::Borrowed(text))),
+        };
+        Some(EventMeta {
+            topic: Cow::Borrowed(index.topic.get(frame)?),
+            key: text(index.key)?,
+            correlation_id: text(index.correlation)?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -280,6 +475,14 @@ fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
         return Some(Cow::Borrowed(&text[1..text.len() - 1]));
     }
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// A raw JSON string's text when it has no escapes (what it stands for is then the text
+/// between its quotes, in place in the frame); `None` for an escaped string or another value.
+fn plain_str(raw: &RawValue) -> Option<&str> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
 }
 
 /// Reads topic, key and correlation id of an event envelope.
@@ -413,6 +616,98 @@ mod tests {
         assert_eq!(null_body.kind(), Ok(FrameKind::Event));
         let no_topic = Envelope::read(br#"{"eventBody":{}}"#).unwrap();
         assert_eq!(no_topic.kind(), Err(FrameError::NoTopic));
+    }
+
+    /// Frames whose topic, key and CorrelationId are plain strings: the socket indexes them.
+    const PLAIN: &[&str] = &[
+        r#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":"c1","participants":[{"id":"p"}]},"metadata":{"CorrelationId":"k"}}"#,
+        r#"{"topicName":"v2.detail.events.conversation.c9.customer.start","eventBody":{"conversationId":"c9","x":1}}"#,
+        r#"{"topicName":"v2.detail.events.conversation.c9.customer.end","eventBody":{"x":{"conversationId":"no"}}}"#,
+        r#"{"topicName":"v2.users.u1.presence","eventBody":{"id":"u1"}}"#,
+        r#"{"topicName":"v2.users.u1.presence"}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":null,"metadata":null}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":null},"metadata":{"CorrelationId":null}}"#,
+        r#"{"topicName":"v2.routing.queues.q1.conversations","eventBody":{"id":5}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"participants":[{"id":"p1"}],"id":"c2"}}"#,
+        r#"{"metadata":{"CorrelationId":"k2","other":[1]},"eventBody":{"conversationId":"c4","id":"x"},"topicName":"v2.users.u1.conversations"}"#,
+        r#"{ "topicName" : "v2.users.u1.conversations" , "eventBody" : { "id" : "c3" } , "version" : "2" }"#,
+        r#"{"topicName":"v2.conversations.calls.c5","eventBody":{"id":"c5"}}"#,
+        r#"{"topicName":"v2.analytics.queues.q1.observations","eventBody":{}}"#,
+        r#"{"topicName":"channel.metadata.x","eventBody":{"message":"m"}}"#,
+    ];
+
+    /// Frames with an escape, a value of another type, a member twice, metadata that is not
+    /// an object: no index (the producer parses them, and keeps deciding about them).
+    const ODD: &[&str] = &[
+        r#"{"topicName":"v2.users.u\u0031.conversations","eventBody":{"id":"c1"}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":"c\u0031"}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":"c1"},"metadata":{"CorrelationId":"k\n"}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":"c1"},"metadata":{"CorrelationId":7}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":"c1"},"metadata":7}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"conversationId":7}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":"a","id":"b"}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","eventBody":{"conversationId":"a","conversationId":"b"}}"#,
+        r#"{"topicName":"v2.users.u1.conversations","metadata":{"CorrelationId":"a","CorrelationId":"b"}}"#,
+    ];
+
+    #[test]
+    fn the_index_points_at_exactly_what_the_producers_parse_reads() {
+        for (frames, plain) in [(PLAIN, true), (ODD, false)] {
+            for frame in frames {
+                let bytes = frame.as_bytes();
+                for envelope in [Envelope::read(bytes), Envelope::read_ids(bytes)] {
+                    let envelope = envelope.unwrap_or_else(|e| panic!("{frame}: {e}"));
+                    assert_eq!(envelope.kind(), Ok(FrameKind::Event), "{frame}");
+                    let index = envelope.index(bytes);
+                    assert_eq!(index.is_some(), plain, "{frame}");
+                    if let Some(index) = index {
+                        assert_eq!(
+                            EventMeta::from_index(&index, bytes),
+                            Some(event_meta(bytes).unwrap()),
+                            "{frame}"
+                        );
+                    }
+                }
+            }
+        }
+        // An index is of the bytes it was read from: another buffer has no spans of it.
+        let frame = PLAIN[0].as_bytes();
+        let copy = frame.to_vec();
+        assert_eq!(Envelope::read_ids(frame).unwrap().index(&copy), None);
+    }
+
+    #[test]
+    fn reading_the_body_raw_or_its_ids_sorts_every_frame_alike() {
+        let mut frames: Vec<&str> = PLAIN.iter().chain(ODD).copied().collect();
+        frames.extend([
+            r#"{"topicName":"t","eventBody":5}"#,
+            r#"{"topicName":"t","eventBody":"x"}"#,
+            r#"{"topicName":"t","eventBody":[1,2]}"#,
+            r#"{"topicName":"t","eventBody":[]}"#,
+            r#"{"topicName":"channel.metadata","eventBody":{"message":"pong"}}"#,
+            r#"{"topicName":"channel.metadata","eventBody":{"message":"WebSocket Heartbeat","id":1,"id":2}}"#,
+            r#"{"topicName":"channel.metadata","eventBody":{"message":"pong","message":"x"}}"#,
+            r#"{"topicName":"channel.metadata","eventBody":{"message":null}}"#,
+            r#"{"topicName":"channel.metadata","eventBody":{"message":{"a":1}}}"#,
+            r#"{"topicName":"channel.metadata","eventBody":[]}"#,
+            r#"{"topicName":"channel.metadata"}"#,
+            r#"{"topicName":"v2.system.socket_closing","eventBody":{"a":1}}"#,
+            r#"{"topicName":"v2.system.token_revoked.x","eventBody":{}}"#,
+            r#"{"eventBody":{}}"#,
+            r#"["v2.users.u1.conversations",{"id":"c1"},null]"#,
+            r#"{"topicName":"t","eventBody":{"a":}"#,
+            "{not json",
+        ]);
+        for frame in frames {
+            let bytes = frame.as_bytes();
+            let raw = Envelope::read(bytes).and_then(|e| e.kind());
+            let ids = Envelope::read_ids(bytes).and_then(|e| e.kind());
+            match (&raw, &ids) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{frame}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{frame}: raw {raw:?}, ids {ids:?}"),
+            }
+        }
     }
 
     #[test]

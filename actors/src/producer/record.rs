@@ -10,7 +10,7 @@ use smallvec::{smallvec, SmallVec};
 use crate::backfill::{BackfillPayload, BACKFILL};
 use crate::conversations::record::LifecycleHead;
 use crate::conversations::LIFECYCLE;
-use crate::genesys::wire::event_meta;
+use crate::genesys::wire::{event_meta, EventMeta};
 use crate::socket::frames::MALFORMED;
 use crate::spool::{RecordKind, SpoolEntry};
 
@@ -96,7 +96,12 @@ pub(super) fn build<'a>(entry: &'a SpoolEntry, settings: &'a KafkaSettings) -> B
         shard: record.shard,
     });
     match record.kind {
-        RecordKind::Event => match event_meta(&record.payload) {
+        RecordKind::Event => match record
+            .index
+            .as_ref()
+            .and_then(|index| EventMeta::from_index(index, &record.payload))
+            .map_or_else(|| event_meta(&record.payload), Ok)
+        {
             Ok(meta) => {
                 let topic = Cow::Borrowed(settings.router.route(&meta.topic));
                 let mut headers = SmallVec::new();
@@ -243,6 +248,33 @@ mod tests {
         );
         assert_eq!(header(&outgoing, "shard").as_deref(), Some("3"));
         assert!(outgoing.order_key().is_some());
+    }
+
+    #[test]
+    fn an_indexed_event_is_built_from_its_index_as_from_its_parse() {
+        let frame = r#"{"topicName":"v2.users.u1.conversations","eventBody":{"id":"c1"},"metadata":{"CorrelationId":"k9"}}"#;
+        let index = crate::genesys::wire::Envelope::read_ids(frame.as_bytes())
+            .unwrap()
+            .index(frame.as_bytes());
+        assert!(index.is_some());
+        let settings = settings(None);
+        let plain = entry(Record::event(3, 11, frame));
+        let indexed = entry(Record::event(3, 11, frame).with_index(index));
+        assert_eq!(build(&indexed, &settings), build(&plain, &settings));
+        // The topic and key come from the index, not a parse: an index that says otherwise
+        // (only a bug could write one) is what the record is built from.
+        let mut other = index.unwrap();
+        other.key = other.correlation;
+        let misled = entry(Record::event(3, 11, frame).with_index(Some(other)));
+        let Built::Send(outgoing) = build(&misled, &settings) else {
+            panic!("routable");
+        };
+        assert_eq!(outgoing.key.as_deref(), Some("k9"));
+        // An index that does not fit the frame is not used: the frame is parsed.
+        let mut outside = index.unwrap();
+        outside.topic.start = frame.len() as u32;
+        let parsed = entry(Record::event(3, 11, frame).with_index(Some(outside)));
+        assert_eq!(build(&parsed, &settings), build(&plain, &settings));
     }
 
     #[test]

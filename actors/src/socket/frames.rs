@@ -165,28 +165,35 @@ impl SocketActor {
         }
         self.last_frame_wall = Some(now);
         self.report_seen(seen_at, false);
-        // One parse per frame: its kind, and for an event the identities the merge needs
-        // (taken now, while the envelope borrows the payload).
-        let (kind, ids) = if is_text {
-            match Envelope::read(&data) {
-                Ok(envelope) => {
-                    let kind = envelope.kind();
-                    let ids = (matches!(kind, Ok(FrameKind::Event))
-                        && self.merge.needed(&self.attached))
-                    .then(|| merge::identities(&envelope))
-                    .flatten();
-                    (kind, ids)
-                }
-                Err(error) => (Err(error), None),
+        // One parse per frame: its kind, for an event the identities the merge needs and
+        // where the producer finds topic, key and CorrelationId (the spool keeps that beside
+        // the frame). With the merge the body's text is kept, to compare the legs' copies;
+        // without it only the body's ids are read.
+        let merging = self.merge.needed(&self.attached);
+        let envelope = is_text.then(|| {
+            if merging {
+                Envelope::read(&data)
+            } else {
+                Envelope::read_ids(&data)
             }
-        } else {
-            (
+        });
+        let (kind, ids) = match &envelope {
+            Some(Ok(envelope)) => {
+                let kind = envelope.kind();
+                let ids = (matches!(kind, Ok(FrameKind::Event)) && merging)
+                    .then(|| merge::identities(envelope))
+                    .flatten();
+                (kind, ids)
+            }
+            Some(Err(error)) => (Err(error.clone()), None),
+            None => (
                 Err(crate::genesys::wire::FrameError::Json(
                     "binary frame".into(),
                 )),
                 None,
-            )
+            ),
         };
+        let envelope = envelope.as_ref().and_then(|read| read.as_ref().ok());
         let counter = match &kind {
             Ok(FrameKind::Heartbeat) => &self.frames.heartbeat,
             Ok(FrameKind::Pong) => &self.frames.pong,
@@ -242,7 +249,7 @@ impl SocketActor {
                     self.health
                         .shard(self.shard, |s| s.last_event_at = Some(now));
                 }
-                self.deliver(conn_id, data, ids, now_ms, ctx);
+                self.deliver(conn_id, data.clone(), envelope, ids, now_ms, ctx);
             }
             Err(error) => {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
@@ -265,7 +272,8 @@ impl SocketActor {
                     kind: MALFORMED,
                     shard: self.shard,
                     received_at_ms: now_ms,
-                    payload: data,
+                    payload: data.clone(),
+                    index: None,
                 };
                 if self.append(record, ctx) {
                     self.frame_handled(conn_id, now_ms);
@@ -337,10 +345,13 @@ impl SocketActor {
         }
     }
 
+    /// `envelope` is `data` read (`None` only in tests of the merge): a copy the merge lets
+    /// through is stored with the envelope's index.
     fn deliver(
         &mut self,
         conn_id: u64,
         data: Bytes,
+        envelope: Option<&Envelope<'_>>,
         ids: Option<merge::Identities>,
         received_at_ms: i64,
         ctx: &mut Context<Self>,
@@ -378,7 +389,8 @@ impl SocketActor {
                 }
             }
         }
-        let record = Record::event(self.shard, received_at_ms, data);
+        let index = envelope.and_then(|envelope| envelope.index(&data));
+        let record = Record::event(self.shard, received_at_ms, data).with_index(index);
         if self.conversations.is_some() {
             // Lifecycle records are derived under the conversations' lock, event by event.
             if self.append(record, ctx) {

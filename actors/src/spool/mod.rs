@@ -67,7 +67,10 @@ use tokio::sync::Notify;
 pub use committed::CommittedFileStatus;
 pub use config::{SpoolConfig, WhenFull, GAP_HEADROOM_BYTES, MIN_SEGMENT_BYTES};
 pub use error::SpoolError;
-pub use record::{Record, RecordKind, SpoolEntry, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
+pub use record::{
+    EventIndex, Record, RecordKind, Span, SpoolEntry, EVENT_INDEX_BYTES, MAX_PAYLOAD_BYTES,
+    RECORD_HEADER_BYTES,
+};
 pub use recovery::{RecoveryCut, RecoveryReport};
 pub use segment::{segment_file_name, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 pub use stats::SpoolStats;

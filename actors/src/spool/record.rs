@@ -1,27 +1,41 @@
 //! One record on disk: a length-prefixed, CRC32-checksummed frame.
 //!
-//! Frame layout (format version 1, all integers little-endian):
+//! Frame layout (segment format versions 1 and 2, all integers little-endian):
 //!
 //! ```text
 //! offset size field
-//!      0    4 body_len        bytes after the CRC: 21 + payload length
+//!      0    4 body_len        bytes after the CRC: 21 + index (0 or 24) + payload length
 //!      4    4 crc32           over bytes [0, 4) and [8, 8 + body_len): length prefix + body
 //!      8    8 seq             u64, monotonic across segments and restarts
 //!     16    8 received_at_ms  i64, epoch milliseconds when the frame was read off the socket
 //!     24    4 shard           u32, the channel shard that received it
-//!     28    1 kind            u8: 0 = Event, 1 = Gap/Status, 2..=255 reserved
-//!     29    n payload         the raw frame bytes, exactly as received
+//!     28    1 kind            u8: bits 0-6 the kind (0 = Event, 1 = Gap/Status, 2..=127
+//!                             reserved); bit 7 (format 2 only) = an event index follows
+//!     29   24 event index     (bit 7 only) six u32: topic start, topic length, key start, key
+//!                             length, CorrelationId start, CorrelationId length, as byte
+//!                             offsets into the payload; start u32::MAX = none
+//!  29/53    n payload         the raw frame bytes, exactly as received
 //! ```
 //!
 //! The CRC covers the length prefix too, so a flipped bit in the length is caught even when it
-//! still points at a plausible frame end.
+//! still points at a plausible frame end. The event index is what the socket read from the
+//! frame (topic, Kafka key, CorrelationId, each as it stands in the frame, without escapes), so
+//! the producer does not parse the frame again; a record without one is parsed (format 1
+//! segments, frames whose strings have escapes, anything unusual).
 
 use std::ops::Range;
 
 use bytes::Bytes;
 
-/// Bytes of a frame before the payload (length prefix, CRC, seq, time, shard, kind).
+/// Bytes of a frame before the payload (length prefix, CRC, seq, time, shard, kind), without an
+/// event index.
 pub const RECORD_HEADER_BYTES: usize = 29;
+
+/// Bytes of an event index, when a record has one.
+pub const EVENT_INDEX_BYTES: usize = 24;
+
+/// The kind byte's flag for "an event index follows".
+const INDEX_FLAG: u8 = 0x80;
 
 /// The largest payload the spool accepts. It bounds what recovery will believe a length prefix
 /// to mean, and a Genesys notification frame is far below it.
@@ -32,7 +46,8 @@ const CRC_END: usize = 8;
 /// Body bytes besides the payload: seq (8) + received_at_ms (8) + shard (4) + kind (1).
 const BODY_FIXED_BYTES: usize = RECORD_HEADER_BYTES - CRC_END;
 
-/// What a record is. Stored as one byte; unknown values survive a round trip as `Reserved`.
+/// What a record is. Stored in the kind byte's low seven bits; unknown values survive a round
+/// trip as `Reserved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     /// A notification frame received from Genesys (byte 0).
@@ -40,8 +55,9 @@ pub enum RecordKind {
     /// A gap or status record written by the bridge itself, e.g. "frames dropped between t1 and
     /// t2" (byte 1). Gap records may use the spool's reserved headroom when it is full.
     Gap,
-    /// A kind this version does not know (bytes 2..=255), kept so newer writers do not break
-    /// older readers. Do not construct it with 0 or 1.
+    /// A kind this version does not know (2..=127), kept so newer writers do not break older
+    /// readers. Do not construct it with 0, 1 or a value above 127 (bit 7 of the stored byte
+    /// flags an event index).
     Reserved(u8),
 }
 
@@ -55,9 +71,9 @@ impl RecordKind {
         }
     }
 
-    /// The kind a stored byte means.
+    /// The kind a stored byte means (its low seven bits).
     pub fn from_u8(byte: u8) -> Self {
-        match byte {
+        match byte & !INDEX_FLAG {
             0 => RecordKind::Event,
             1 => RecordKind::Gap,
             other => RecordKind::Reserved(other),
@@ -76,6 +92,9 @@ pub struct Record {
     pub received_at_ms: i64,
     /// The raw frame bytes, never re-serialised.
     pub payload: Bytes,
+    /// Where an event's topic, key and CorrelationId lie in the payload, when the socket found
+    /// them (stored with the record in format 2 segments; `None` read back from format 1).
+    pub index: Option<EventIndex>,
 }
 
 impl Record {
@@ -86,6 +105,7 @@ impl Record {
             shard,
             received_at_ms,
             payload: payload.into(),
+            index: None,
         }
     }
 
@@ -96,7 +116,77 @@ impl Record {
             shard,
             received_at_ms,
             payload: payload.into(),
+            index: None,
         }
+    }
+
+    /// This record with `index` (what the socket read from an event).
+    pub fn with_index(mut self, index: Option<EventIndex>) -> Self {
+        self.index = index;
+        self
+    }
+}
+
+/// A byte range of a record's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Span {
+    /// The span of `part`, a slice of `whole` (`None` when it is not inside it).
+    pub fn of(part: &str, whole: &[u8]) -> Option<Span> {
+        let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        if end > whole.len() {
+            return None;
+        }
+        Some(Span {
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(part.len()).ok()?,
+        })
+    }
+
+    /// The text of this span in `payload`, when it is inside it and UTF-8.
+    pub fn get<'a>(&self, payload: &'a [u8]) -> Option<&'a str> {
+        let start = self.start as usize;
+        let bytes = payload.get(start..start.checked_add(self.len as usize)?)?;
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// What the socket read from an event frame, as byte ranges of the frame: its `topicName`, its
+/// Kafka key and its `metadata.CorrelationId`, each only where the JSON string has no escapes
+/// (so the range is the value itself). The producer uses it instead of parsing the frame again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventIndex {
+    pub topic: Span,
+    pub key: Option<Span>,
+    pub correlation: Option<Span>,
+}
+
+impl EventIndex {
+    fn encode(&self, out: &mut Vec<u8>) {
+        for span in [Some(self.topic), self.key, self.correlation] {
+            let (start, len) = span.map_or((u32::MAX, 0), |span| (span.start, span.len));
+            out.extend_from_slice(&start.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+        }
+    }
+
+    /// The index stored in `bytes` (24 of them). A stored index without a topic is not one.
+    fn decode(bytes: &[u8]) -> Option<EventIndex> {
+        let span = |at: usize| {
+            let start = u32::from_le_bytes(le_array(&bytes[at..at + 4]));
+            let len = u32::from_le_bytes(le_array(&bytes[at + 4..at + 8]));
+            (start != u32::MAX).then_some(Span { start, len })
+        };
+        Some(EventIndex {
+            topic: span(0)?,
+            key: span(8),
+            correlation: span(16),
+        })
     }
 }
 
@@ -127,17 +217,30 @@ pub(crate) struct UnsealedRecord {
 }
 
 impl UnsealedRecord {
-    /// Encodes `record`. The caller has checked the payload against [`MAX_PAYLOAD_BYTES`].
-    pub(crate) fn new(record: &Record) -> Self {
+    /// Encodes `record`, with its event index when `with_index` (the active segment is of
+    /// format 2). The caller has checked the payload against [`MAX_PAYLOAD_BYTES`].
+    pub(crate) fn new(record: &Record, with_index: bool) -> Self {
         debug_assert!(record.payload.len() <= MAX_PAYLOAD_BYTES);
-        let body_len = (BODY_FIXED_BYTES + record.payload.len()) as u32;
-        let mut frame = Vec::with_capacity(frame_len(record.payload.len()));
+        let index = record.index.filter(|_| with_index);
+        let index_bytes = if index.is_some() {
+            EVENT_INDEX_BYTES
+        } else {
+            0
+        };
+        let body_len = (BODY_FIXED_BYTES + index_bytes + record.payload.len()) as u32;
+        let mut frame = Vec::with_capacity(frame_len(record.payload.len()) + index_bytes);
         frame.extend_from_slice(&body_len.to_le_bytes());
         frame.extend_from_slice(&[0; 4]); // crc, set by seal
         frame.extend_from_slice(&[0; 8]); // seq, set by seal
         frame.extend_from_slice(&record.received_at_ms.to_le_bytes());
         frame.extend_from_slice(&record.shard.to_le_bytes());
-        frame.push(record.kind.as_u8());
+        match index {
+            Some(index) => {
+                frame.push(record.kind.as_u8() | INDEX_FLAG);
+                index.encode(&mut frame);
+            }
+            None => frame.push(record.kind.as_u8()),
+        }
         frame.extend_from_slice(&record.payload);
         let mut tail_crc = crc32fast::Hasher::new();
         tail_crc.update(&frame[16..]);
@@ -147,6 +250,11 @@ impl UnsealedRecord {
     /// Bytes this record occupies on disk.
     pub(crate) fn len(&self) -> usize {
         self.frame.len()
+    }
+
+    /// Whether it was encoded with an event index.
+    pub(crate) fn indexed(&self) -> bool {
+        self.frame[RECORD_HEADER_BYTES - 1] & INDEX_FLAG != 0
     }
 
     /// Writes `seq` and the checksum; returns the finished frame.
@@ -199,6 +307,7 @@ pub(crate) struct DecodedFrame {
     pub(crate) received_at_ms: i64,
     pub(crate) shard: u32,
     pub(crate) kind: RecordKind,
+    pub(crate) index: Option<EventIndex>,
     pub(crate) payload: Range<usize>,
     /// Total bytes of the frame, length prefix included.
     pub(crate) frame_len: usize,
@@ -215,6 +324,7 @@ impl DecodedFrame {
                 shard: self.shard,
                 received_at_ms: self.received_at_ms,
                 payload: buf.slice(self.payload),
+                index: self.index,
             },
         }
     }
@@ -249,12 +359,24 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<DecodedFrame, FrameError> {
     if stored != computed {
         return Err(FrameError::BadChecksum { stored, computed });
     }
+    let kind_byte = frame[28];
+    // An index is only believed with room for it; a short flagged frame (which no writer of
+    // this format makes) keeps its bytes as the payload. An index that does not fit the
+    // payload is dropped when it is used (`Span::get`).
+    let (index, payload_start) =
+        if kind_byte & INDEX_FLAG != 0 && frame_len >= RECORD_HEADER_BYTES + EVENT_INDEX_BYTES {
+            let end = RECORD_HEADER_BYTES + EVENT_INDEX_BYTES;
+            (EventIndex::decode(&frame[RECORD_HEADER_BYTES..end]), end)
+        } else {
+            (None, RECORD_HEADER_BYTES)
+        };
     Ok(DecodedFrame {
         seq: u64::from_le_bytes(le_array(&frame[8..16])),
         received_at_ms: i64::from_le_bytes(le_array(&frame[16..24])),
         shard: u32::from_le_bytes(le_array(&frame[24..28])),
-        kind: RecordKind::from_u8(frame[28]),
-        payload: RECORD_HEADER_BYTES..frame_len,
+        kind: RecordKind::from_u8(kind_byte),
+        index,
+        payload: payload_start..frame_len,
         frame_len,
     })
 }
@@ -271,7 +393,7 @@ mod tests {
     use super::*;
 
     fn sealed(record: &Record, seq: u64) -> Vec<u8> {
-        UnsealedRecord::new(record).seal(seq).to_vec()
+        UnsealedRecord::new(record, true).seal(seq).to_vec()
     }
 
     #[test]
@@ -281,6 +403,7 @@ mod tests {
             shard: 3,
             received_at_ms: -5,
             payload: Bytes::from_static(b"{\"topicName\":\"x\"}"),
+            index: None,
         };
         let bytes = sealed(&record, 42);
         assert_eq!(bytes.len(), frame_len(record.payload.len()));
@@ -351,8 +474,87 @@ mod tests {
 
     #[test]
     fn kind_bytes_round_trip() {
-        for byte in 0..=u8::MAX {
+        for byte in 0..=127 {
             assert_eq!(RecordKind::from_u8(byte).as_u8(), byte);
         }
+        // Bit 7 is the index flag, not part of the kind.
+        assert_eq!(RecordKind::from_u8(0x80), RecordKind::Event);
+        assert_eq!(RecordKind::from_u8(0x84), RecordKind::Reserved(4));
+    }
+
+    fn indexed_event() -> Record {
+        let frame =
+            br#"{"topicName":"v2.users.u1.conversations","metadata":{"CorrelationId":"k9"}}"#;
+        let index = EventIndex {
+            topic: Span { start: 14, len: 25 },
+            key: Some(Span { start: 23, len: 2 }),
+            correlation: Some(Span {
+                start: frame.windows(2).position(|w| w == b"k9").unwrap() as u32,
+                len: 2,
+            }),
+        };
+        Record::event(2, 1_700_000_000_000, &frame[..]).with_index(Some(index))
+    }
+
+    #[test]
+    fn an_event_index_round_trips_and_points_at_the_frame() {
+        let record = indexed_event();
+        let index = record.index.unwrap();
+        assert_eq!(
+            index.topic.get(&record.payload),
+            Some("v2.users.u1.conversations")
+        );
+        assert_eq!(index.key.unwrap().get(&record.payload), Some("u1"));
+        assert_eq!(index.correlation.unwrap().get(&record.payload), Some("k9"));
+        let bytes = sealed(&record, 5);
+        assert_eq!(
+            bytes.len(),
+            frame_len(record.payload.len()) + EVENT_INDEX_BYTES
+        );
+        let entry = decode_frame(&bytes)
+            .unwrap()
+            .into_entry(&Bytes::from(bytes));
+        assert_eq!(entry.record, record, "payload as received, index beside it");
+        // Without an index (a format 1 segment): the same record, no index.
+        let plain = UnsealedRecord::new(&record, false).seal(5).to_vec();
+        assert_eq!(plain.len(), frame_len(record.payload.len()));
+        let entry = decode_frame(&plain)
+            .unwrap()
+            .into_entry(&Bytes::from(plain));
+        assert_eq!(entry.record, record.clone().with_index(None));
+    }
+
+    #[test]
+    fn an_index_that_does_not_fit_its_payload_is_not_used() {
+        let record = indexed_event();
+        let outside = Span {
+            start: record.payload.len() as u32 - 1,
+            len: 2,
+        };
+        assert_eq!(outside.get(&record.payload), None);
+        let huge = Span {
+            start: u32::MAX - 1,
+            len: u32::MAX,
+        };
+        assert_eq!(huge.get(&record.payload), None);
+        let not_utf8 = Span { start: 0, len: 2 };
+        assert_eq!(not_utf8.get(&[0xff, 0xfe]), None);
+        // A slice from elsewhere has no span in the frame.
+        assert_eq!(Span::of("elsewhere", &record.payload), None);
+        let text = std::str::from_utf8(&record.payload).unwrap();
+        assert_eq!(
+            Span::of(&text[14..39], &record.payload),
+            Some(Span { start: 14, len: 25 })
+        );
+    }
+
+    #[test]
+    fn a_flagged_frame_too_short_for_an_index_keeps_its_bytes_as_payload() {
+        let mut record = Record::event(0, 0, &b"ab"[..]);
+        record.kind = RecordKind::Reserved(0x80 | 3);
+        let bytes = UnsealedRecord::new(&record, false).seal(1).to_vec();
+        let decoded = decode_frame(&bytes).unwrap();
+        assert_eq!(decoded.index, None);
+        assert_eq!(&bytes[decoded.payload], b"ab");
     }
 }

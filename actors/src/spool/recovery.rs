@@ -187,9 +187,12 @@ pub(crate) fn recover(config: &SpoolConfig) -> Result<Recovered, SpoolError> {
         .max(findings.seq_floor);
 
     // The active segment: the last one if appends can continue in it, else a new one.
-    let reusable = kept
-        .last()
-        .is_some_and(|segment| segment.next_seq == next_seq && segment.len < config.segment_bytes);
+    // A segment of an older format is not appended to (its frames would mix formats).
+    let reusable = kept.last().is_some_and(|segment| {
+        segment.next_seq == next_seq
+            && segment.len < config.segment_bytes
+            && segment.version == super::segment::FORMAT_VERSION
+    });
     let mut created = false;
     if !reusable {
         let continues_last = kept
@@ -438,6 +441,7 @@ fn recover_segment(
             next_seq: scan.next_seq,
             index: scan.index,
             tail_dirty: false,
+            version: header[4],
         }),
         salvaged,
     })

@@ -6,7 +6,9 @@
 //! ```text
 //! offset size field
 //!      0    4 magic      b"GSPL"
-//!      4    1 version    format version of every frame in this file (currently 1)
+//!      4    1 version    format version of every frame in this file: 2 since event indexes
+//!                        (see [`record`](super::record)); 1 before, still read (its frames
+//!                        are format 2 frames without one)
 //!      5    3 reserved   zero
 //!      8    8 first_seq  u64 little-endian, equal to the number in the file name
 //! ```
@@ -24,8 +26,9 @@ use std::sync::Arc;
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 /// The magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"GSPL";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes (it reads it and every older one). Version 2 added
+/// the event index; version 1 segments are read as they are, and appended to without indexes.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// A new sparse-index entry is kept whenever this many bytes were written since the last one, so
 /// finding a sequence number reads at most this much before the wanted record.
@@ -75,7 +78,7 @@ pub(crate) fn check_segment_header(bytes: &[u8], first_seq: u64) -> HeaderCheck 
     if bytes[0..4] != SEGMENT_MAGIC {
         return HeaderCheck::Damaged("bad magic".into());
     }
-    if bytes[4] != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&bytes[4]) {
         return HeaderCheck::UnsupportedVersion(bytes[4]);
     }
     let mut seq_bytes = [0; 8];
@@ -138,6 +141,9 @@ pub(crate) struct Segment {
     /// A failed append could not be truncated back: bytes after `len` may be garbage, so
     /// truncation is retried before anything else is written here.
     pub(crate) tail_dirty: bool,
+    /// The format version of its header: event indexes go only into version 2 segments (an
+    /// older bridge refuses those, rather than misreading an indexed record).
+    pub(crate) version: u8,
 }
 
 impl Segment {
@@ -164,6 +170,7 @@ impl Segment {
             next_seq: first_seq,
             index: SparseIndex::default(),
             tail_dirty: false,
+            version: FORMAT_VERSION,
         })
     }
 
@@ -203,6 +210,18 @@ mod tests {
             check_segment_header(&header[..10], 7),
             HeaderCheck::Damaged(_)
         ));
+        let mut older = header;
+        older[4] = 1;
+        assert_eq!(
+            check_segment_header(&older, 7),
+            HeaderCheck::Valid,
+            "format 1 segments are still read"
+        );
+        older[4] = 0;
+        assert_eq!(
+            check_segment_header(&older, 7),
+            HeaderCheck::UnsupportedVersion(0)
+        );
         let mut newer = header;
         newer[4] = FORMAT_VERSION + 1;
         assert_eq!(

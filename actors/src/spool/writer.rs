@@ -5,10 +5,27 @@ use std::sync::atomic::Ordering;
 use super::config::{WhenFull, GAP_HEADROOM_BYTES};
 use super::error::SpoolError;
 use super::record::{
-    frame_len, Record, RecordKind, UnsealedRecord, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
+    frame_len, Record, RecordKind, UnsealedRecord, EVENT_INDEX_BYTES, MAX_PAYLOAD_BYTES,
+    RECORD_HEADER_BYTES,
 };
 use super::segment::SEGMENT_HEADER_BYTES;
 use super::{AppendOutcome, Shared};
+
+/// Whether a record encoded with its event index must be encoded again without: it goes into
+/// the active segment (no rotation), and that one is of format 1, which an older bridge reads.
+/// (Recovery starts a new segment over a format 1 one; it is kept active only when the disk
+/// had no room for a new file.)
+fn without_index_here(
+    unsealed: &UnsealedRecord,
+    state: &super::state::WriterState,
+    needs_rotation: bool,
+) -> bool {
+    unsealed.indexed()
+        && !needs_rotation
+        && state
+            .active()
+            .is_some_and(|active| active.version < super::segment::FORMAT_VERSION)
+}
 
 impl Shared {
     /// Refuses a payload that could not fit even in an empty spool.
@@ -17,7 +34,7 @@ impl Shared {
         kind: RecordKind,
         payload_len: usize,
     ) -> Result<(), SpoolError> {
-        let fixed_bytes = (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64;
+        let fixed_bytes = (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + EVENT_INDEX_BYTES) as u64;
         let limit_bytes = self
             .cap_for(kind)
             .saturating_sub(fixed_bytes)
@@ -46,7 +63,7 @@ impl Shared {
     /// Whether an event of `payload_len` bytes fits now (counting a segment header in case it
     /// has to start a new segment).
     pub(crate) fn has_room_for_event(&self, payload_len: usize) -> bool {
-        let needed = (frame_len(payload_len) + SEGMENT_HEADER_BYTES) as u64;
+        let needed = (frame_len(payload_len) + EVENT_INDEX_BYTES + SEGMENT_HEADER_BYTES) as u64;
         let bytes_on_disk = self.lock_state().bytes_on_disk;
         bytes_on_disk + needed <= self.cap_for(RecordKind::Event)
     }
@@ -56,7 +73,7 @@ impl Shared {
     /// everything else). The mark a paused reader waits for: resuming at the first free byte
     /// refills the spool at once and flaps between paused and reading.
     pub(crate) fn is_below_resume_mark(&self, payload_len: usize) -> bool {
-        let needed = (frame_len(payload_len) + SEGMENT_HEADER_BYTES) as u64;
+        let needed = (frame_len(payload_len) + EVENT_INDEX_BYTES + SEGMENT_HEADER_BYTES) as u64;
         let bytes_on_disk = self.lock_state().bytes_on_disk;
         let mark = (self.cap_for(RecordKind::Event) / 2).max(needed);
         bytes_on_disk + needed <= mark
@@ -68,14 +85,18 @@ impl Shared {
             return Err(SpoolError::DiskReserveInUse);
         }
         // Encode and checksum the payload before taking the lock.
-        let mut unsealed = UnsealedRecord::new(record);
-        let frame_bytes = unsealed.len() as u64;
+        let mut unsealed = UnsealedRecord::new(record, true);
+        let mut frame_bytes = unsealed.len() as u64;
         let cap = self.cap_for(record.kind);
 
         let mut state = self.lock_state();
         let needs_rotation = state.active().is_some_and(|active| {
             active.record_count() > 0 && active.len + frame_bytes > self.config.segment_bytes
         });
+        if without_index_here(&unsealed, &state, needs_rotation) {
+            unsealed = UnsealedRecord::new(record, false);
+            frame_bytes = unsealed.len() as u64;
+        }
         let record_bytes = frame_bytes
             + if needs_rotation {
                 SEGMENT_HEADER_BYTES as u64
@@ -188,7 +209,7 @@ impl Shared {
                 early_error = Some(SpoolError::DiskReserveInUse);
                 break;
             }
-            encoded.push(UnsealedRecord::new(record));
+            encoded.push(UnsealedRecord::new(record, true));
         }
         let mut error = None;
         let mut state = self.lock_state();
@@ -201,13 +222,17 @@ impl Shared {
             first_outcome: 0,
         };
         for (record, unsealed) in records.iter().zip(encoded.iter_mut()) {
-            let frame_bytes = unsealed.len() as u64;
+            let mut frame_bytes = unsealed.len() as u64;
             let cap = self.cap_for(record.kind);
             let buffered_bytes = pending.bytes.len() as u64;
             let needs_rotation = state.active().is_some_and(|active| {
                 active.record_count() + (pending.lens.len() as u64) > 0
                     && active.len + buffered_bytes + frame_bytes > self.config.segment_bytes
             });
+            if without_index_here(unsealed, &state, needs_rotation) {
+                *unsealed = UnsealedRecord::new(record, false);
+                frame_bytes = unsealed.len() as u64;
+            }
             let record_bytes = frame_bytes
                 + if needs_rotation {
                     SEGMENT_HEADER_BYTES as u64
