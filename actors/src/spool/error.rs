@@ -62,13 +62,15 @@ pub enum SpoolError {
     Config(String),
     /// A segment was written by a newer format version than this build reads. Nothing was
     /// changed on disk; run the newer version, or move the directory away.
-    #[error("segment {file} has format version {found}; this build reads version {supported}")]
+    #[error(
+        "segment {file} has format version {found}; this build reads versions 1 to {supported}"
+    )]
     UnsupportedVersion {
         /// The segment file.
         file: PathBuf,
         /// The version byte in its header.
         found: u8,
-        /// The version this build writes and reads.
+        /// The newest version this build reads (it writes it, and reads every older one).
         supported: u8,
     },
     /// An ack named a sequence number that was never appended: a bug in the caller.

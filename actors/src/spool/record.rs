@@ -204,46 +204,94 @@ pub(crate) fn frame_len(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + payload_len
 }
 
+/// Bytes `record` occupies on disk, with its event index when `with_index`.
+pub(crate) fn encoded_len(record: &Record, with_index: bool) -> usize {
+    frame_len(record.payload.len())
+        + if with_index && record.index.is_some() {
+            EVENT_INDEX_BYTES
+        } else {
+            0
+        }
+}
+
+/// Appends `record`'s frame to `out` with its sequence number left zero (the CRC not yet
+/// computed), and its event index when `with_index`. Returns where the frame starts.
+fn encode_unsealed(out: &mut Vec<u8>, record: &Record, with_index: bool) -> usize {
+    debug_assert!(record.payload.len() <= MAX_PAYLOAD_BYTES);
+    let index = record.index.filter(|_| with_index);
+    let start = out.len();
+    let body_len = (encoded_len(record, with_index) - CRC_END) as u32;
+    out.reserve(encoded_len(record, with_index));
+    out.extend_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc
+    out.extend_from_slice(&[0; 8]); // seq
+    out.extend_from_slice(&record.received_at_ms.to_le_bytes());
+    out.extend_from_slice(&record.shard.to_le_bytes());
+    match index {
+        Some(index) => {
+            out.push(record.kind.as_u8() | INDEX_FLAG);
+            index.encode(out);
+        }
+        None => out.push(record.kind.as_u8()),
+    }
+    out.extend_from_slice(&record.payload);
+    start
+}
+
+/// Writes `seq` and the CRC of the frame `frame` (its whole bytes).
+fn seal_in_place(frame: &mut [u8], seq: u64, tail_crc: Option<&crc32fast::Hasher>) {
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame[0..LEN_PREFIX_BYTES]);
+    crc.update(&frame[8..16]);
+    match tail_crc {
+        Some(tail_crc) => crc.combine(tail_crc),
+        None => crc.update(&frame[16..]),
+    }
+    frame[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+}
+
+/// Appends `record`'s finished frame for `seq` to `out` (the batch path, under the writer lock:
+/// no buffer of its own, one copy of the payload). Returns the frame's length.
+pub(crate) fn encode_sealed(
+    out: &mut Vec<u8>,
+    record: &Record,
+    with_index: bool,
+    seq: u64,
+) -> usize {
+    let start = encode_unsealed(out, record, with_index);
+    seal_in_place(&mut out[start..], seq, None);
+    out.len() - start
+}
+
+/// Frames above this many bytes get the CRC of everything after the seq computed before the
+/// writer lock and combined with the seq's inside it; below it, computing the whole CRC inside
+/// the lock is cheaper than the combine (a few matrix products over GF(2)).
+const COMBINE_ABOVE_BYTES: usize = 16 * 1024;
+
 /// A record encoded before its sequence number is known.
 ///
-/// Encoding and checksumming the payload happen outside the writer lock; only [`seal`] (12
-/// bytes of CRC plus a combine) runs inside it, which keeps the appenders' critical section short.
+/// Encoding and, for a large frame, checksumming the payload happen outside the writer lock;
+/// only [`seal`] runs inside it, which keeps the appenders' critical section short.
 ///
 /// [`seal`]: UnsealedRecord::seal
 pub(crate) struct UnsealedRecord {
     frame: Vec<u8>,
-    /// CRC state over bytes [16, end): everything after the seq.
-    tail_crc: crc32fast::Hasher,
+    /// CRC state over bytes [16, end) (everything after the seq), for a large frame.
+    tail_crc: Option<crc32fast::Hasher>,
 }
 
 impl UnsealedRecord {
     /// Encodes `record`, with its event index when `with_index` (the active segment is of
     /// format 2). The caller has checked the payload against [`MAX_PAYLOAD_BYTES`].
     pub(crate) fn new(record: &Record, with_index: bool) -> Self {
-        debug_assert!(record.payload.len() <= MAX_PAYLOAD_BYTES);
-        let index = record.index.filter(|_| with_index);
-        let index_bytes = if index.is_some() {
-            EVENT_INDEX_BYTES
-        } else {
-            0
-        };
-        let body_len = (BODY_FIXED_BYTES + index_bytes + record.payload.len()) as u32;
-        let mut frame = Vec::with_capacity(frame_len(record.payload.len()) + index_bytes);
-        frame.extend_from_slice(&body_len.to_le_bytes());
-        frame.extend_from_slice(&[0; 4]); // crc, set by seal
-        frame.extend_from_slice(&[0; 8]); // seq, set by seal
-        frame.extend_from_slice(&record.received_at_ms.to_le_bytes());
-        frame.extend_from_slice(&record.shard.to_le_bytes());
-        match index {
-            Some(index) => {
-                frame.push(record.kind.as_u8() | INDEX_FLAG);
-                index.encode(&mut frame);
-            }
-            None => frame.push(record.kind.as_u8()),
-        }
-        frame.extend_from_slice(&record.payload);
-        let mut tail_crc = crc32fast::Hasher::new();
-        tail_crc.update(&frame[16..]);
+        let mut frame = Vec::new();
+        encode_unsealed(&mut frame, record, with_index);
+        let tail_crc = (frame.len() > COMBINE_ABOVE_BYTES).then(|| {
+            let mut tail_crc = crc32fast::Hasher::new();
+            tail_crc.update(&frame[16..]);
+            tail_crc
+        });
         UnsealedRecord { frame, tail_crc }
     }
 
@@ -259,12 +307,7 @@ impl UnsealedRecord {
 
     /// Writes `seq` and the checksum; returns the finished frame.
     pub(crate) fn seal(&mut self, seq: u64) -> &[u8] {
-        self.frame[8..16].copy_from_slice(&seq.to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&self.frame[0..LEN_PREFIX_BYTES]);
-        crc.update(&self.frame[8..16]);
-        crc.combine(&self.tail_crc);
-        self.frame[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        seal_in_place(&mut self.frame, seq, self.tail_crc.as_ref());
         &self.frame
     }
 }
@@ -416,11 +459,31 @@ mod tests {
 
     #[test]
     fn combined_crc_equals_plain_crc_over_the_same_bytes() {
-        let bytes = sealed(&Record::event(1, 2, vec![9u8; 1000]), 7);
+        let bytes = sealed(&Record::event(1, 2, vec![9u8; 100_000]), 7);
         let mut covered = bytes[0..4].to_vec();
         covered.extend_from_slice(&bytes[8..]);
         let stored = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
         assert_eq!(stored, crc32fast::hash(&covered));
+    }
+
+    #[test]
+    fn a_frame_encoded_in_place_equals_the_sealed_one() {
+        for record in [
+            Record::event(1, 2, vec![7u8; 100]),
+            Record::event(1, 2, vec![7u8; COMBINE_ABOVE_BYTES + 1]),
+            indexed_event(),
+            Record::gap(3, 4, Bytes::new()),
+        ] {
+            for with_index in [true, false] {
+                let mut out = vec![0xaa; 3];
+                let len = encode_sealed(&mut out, &record, with_index, 99);
+                let unsealed = UnsealedRecord::new(&record, with_index).seal(99).to_vec();
+                assert_eq!(len, unsealed.len());
+                assert_eq!(len, encoded_len(&record, with_index));
+                assert_eq!(&out[3..], &unsealed[..]);
+                assert!(decode_frame(&out[3..]).is_ok());
+            }
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub(crate) struct WriterState {
     /// `(committed, receive time of the first record after it)`, so `stats()` reads the disk
     /// only when the watermark moved.
     pub(crate) oldest_unacked_cache: Option<(u64, Option<i64>)>,
+    /// `append_batch`'s write buffer, empty between batches (see `writer.rs`).
+    pub(crate) batch_buffer: Vec<u8>,
 }
 
 impl WriterState {
@@ -70,6 +72,7 @@ impl WriterState {
             corrupt_cut_total: corrupt_cut,
             read_cursor: None,
             oldest_unacked_cache: None,
+            batch_buffer: Vec::new(),
         }
     }
 

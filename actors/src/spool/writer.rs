@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use super::config::{WhenFull, GAP_HEADROOM_BYTES};
 use super::error::SpoolError;
 use super::record::{
-    frame_len, Record, RecordKind, UnsealedRecord, EVENT_INDEX_BYTES, MAX_PAYLOAD_BYTES,
-    RECORD_HEADER_BYTES,
+    encode_sealed, encoded_len, frame_len, Record, RecordKind, UnsealedRecord, EVENT_INDEX_BYTES,
+    MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
 };
 use super::segment::SEGMENT_HEADER_BYTES;
 use super::{AppendOutcome, Shared};
@@ -16,11 +16,11 @@ use super::{AppendOutcome, Shared};
 /// (Recovery starts a new segment over a format 1 one; it is kept active only when the disk
 /// had no room for a new file.)
 fn without_index_here(
-    unsealed: &UnsealedRecord,
+    indexed: bool,
     state: &super::state::WriterState,
     needs_rotation: bool,
 ) -> bool {
-    unsealed.indexed()
+    indexed
         && !needs_rotation
         && state
             .active()
@@ -93,7 +93,7 @@ impl Shared {
         let needs_rotation = state.active().is_some_and(|active| {
             active.record_count() > 0 && active.len + frame_bytes > self.config.segment_bytes
         });
-        if without_index_here(&unsealed, &state, needs_rotation) {
+        if without_index_here(unsealed.indexed(), &state, needs_rotation) {
             unsealed = UnsealedRecord::new(record, false);
             frame_bytes = unsealed.len() as u64;
         }
@@ -160,6 +160,10 @@ pub struct BatchOutcome {
     pub error: Option<SpoolError>,
 }
 
+/// The largest write buffer kept for the next batch (a read of large frames, up to 1 MiB,
+/// does not pin its buffer).
+const MAX_KEPT_BATCH_BUFFER: usize = 256 * 1024;
+
 /// Sealed frames waiting for their one `pwrite`, and where their outcomes start.
 struct Pending {
     bytes: Vec<u8>,
@@ -197,8 +201,10 @@ impl Shared {
     /// append them one by one.)
     pub(crate) fn append_batch(&self, records: &[Record]) -> BatchOutcome {
         let mut outcomes = Vec::with_capacity(records.len());
-        // Checks and encoding outside the lock, up to the first record that cannot go in.
-        let mut encoded = Vec::with_capacity(records.len());
+        // Checks outside the lock, up to the first record that cannot go in. The frames are
+        // encoded under it, straight into the buffer of the write (the socket actors, the
+        // batch's only callers, share one thread, so the lock sees no appender waiting).
+        let mut accepted = 0;
         let mut early_error = None;
         for record in records {
             if let Err(error) = self.check_payload_size(record.kind, record.payload.len()) {
@@ -209,29 +215,36 @@ impl Shared {
                 early_error = Some(SpoolError::DiskReserveInUse);
                 break;
             }
-            encoded.push(UnsealedRecord::new(record, true));
+            accepted += 1;
         }
+        let records = &records[..accepted];
         let mut error = None;
         let mut state = self.lock_state();
         let seq_before = state.next_seq;
         let unsynced_before = state.unsynced_records;
+        // The write buffer of the last batch, kept (a fresh one per batch, ~100 KiB for a read
+        // of 256 snapshots, made glibc consolidate its free lists every time).
+        let mut bytes = std::mem::take(&mut state.batch_buffer);
+        bytes.clear();
+        bytes.reserve(records.iter().map(|r| encoded_len(r, true)).sum());
         let mut pending = Pending {
-            bytes: Vec::with_capacity(encoded.iter().map(UnsealedRecord::len).sum()),
-            lens: Vec::with_capacity(encoded.len()),
+            bytes,
+            lens: Vec::with_capacity(records.len()),
             first_seq: state.next_seq,
             first_outcome: 0,
         };
-        for (record, unsealed) in records.iter().zip(encoded.iter_mut()) {
-            let mut frame_bytes = unsealed.len() as u64;
+        for record in records {
+            let mut with_index = record.index.is_some();
+            let mut frame_bytes = encoded_len(record, with_index) as u64;
             let cap = self.cap_for(record.kind);
             let buffered_bytes = pending.bytes.len() as u64;
             let needs_rotation = state.active().is_some_and(|active| {
                 active.record_count() + (pending.lens.len() as u64) > 0
                     && active.len + buffered_bytes + frame_bytes > self.config.segment_bytes
             });
-            if without_index_here(unsealed, &state, needs_rotation) {
-                *unsealed = UnsealedRecord::new(record, false);
-                frame_bytes = unsealed.len() as u64;
+            if without_index_here(with_index, &state, needs_rotation) {
+                with_index = false;
+                frame_bytes = encoded_len(record, with_index) as u64;
             }
             let record_bytes = frame_bytes
                 + if needs_rotation {
@@ -272,9 +285,8 @@ impl Shared {
                 pending.first_seq = seq;
                 pending.first_outcome = outcomes.len();
             }
-            let sealed = unsealed.seal(seq);
-            pending.bytes.extend_from_slice(sealed);
-            pending.lens.push(sealed.len());
+            let len = encode_sealed(&mut pending.bytes, record, with_index, seq);
+            pending.lens.push(len);
             outcomes.push(AppendOutcome::Appended { seq });
         }
         // The records before a refusal are appended whatever stopped the batch (a failed
@@ -282,6 +294,9 @@ impl Shared {
         // the first record it held, and replaces a refusal of a later one.
         if let Err(failed) = pending.flush(&mut state, &mut outcomes) {
             error = Some(failed);
+        }
+        if pending.bytes.capacity() <= MAX_KEPT_BATCH_BUFFER {
+            state.batch_buffer = std::mem::take(&mut pending.bytes);
         }
         let error = error.or(early_error);
         let appended = state.next_seq > seq_before;
