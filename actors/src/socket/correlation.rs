@@ -17,12 +17,12 @@
 //! re-send with it) cannot flip it. Bounded: copies wait at most `window`, at most `capacity`
 //! of them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
-use super::merge::Identity;
+use super::merge::{Identity, IdentityMap};
 
 /// `order` is compacted once it holds more than this and more than twice the unpaired copies.
 const COMPACT_AT: usize = 1024;
@@ -77,7 +77,7 @@ pub struct Learner {
     capacity: usize,
     window: Duration,
     /// Body identity → unpaired copies, oldest first.
-    waiting: HashMap<Identity, Copies>,
+    waiting: IdentityMap<Copies>,
     /// Every unpaired copy in arrival order, for the window and the capacity (with items of
     /// copies paired since, dropped lazily).
     order: VecDeque<(Identity, Instant, u64)>,
@@ -95,7 +95,7 @@ impl Learner {
         Self {
             capacity: capacity.max(1),
             window,
-            waiting: HashMap::new(),
+            waiting: IdentityMap::default(),
             order: VecDeque::new(),
             next_stamp: 0,
             unpaired: 0,

@@ -4,8 +4,8 @@
 //! briefly has two sockets too; Genesys fans every event out to each of them. The merge delivers
 //! each event once, from whichever socket ("lane") brings it first.
 //!
-//! **Identity** is the topic, the event body as received and the `CorrelationId`, hashed (128
-//! bits, so that a collision, which would lose an event, is out of reach), as long as the
+//! **Identity** is the topic, the event body as received and the `CorrelationId`, hashed (XXH3,
+//! 128 bits, so that a collision, which would lose an event, is out of reach), as long as the
 //! channels agree on CorrelationIds, and the topic and body alone once [`super::correlation`]
 //! saw them disagree (keyed by CorrelationId then, every event would be delivered once per leg).
 //! The CorrelationId is what tells a snapshot Genesys re-sent without visible change from the
@@ -33,12 +33,12 @@
 //!
 //! With one lane attached and nothing pending, the merge costs nothing: no parse, no hash.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use smallvec::{smallvec, SmallVec};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 #[cfg(test)]
 use super::correlation::MIN_SAMPLE;
@@ -54,6 +54,37 @@ const COMPACT_AT: usize = 1024;
 
 /// The identity of an event: 128 bits of a hash of its topic and body.
 pub type Identity = u128;
+
+/// Tables keyed by [`Identity`]: an identity is a hash already (XXH3), so the table takes its
+/// bits as they are rather than hashing it again.
+pub type IdentityMap<V> = HashMap<Identity, V, BuildHasherDefault<IdentityHasher>>;
+/// A set of identities (see [`IdentityMap`]).
+pub type IdentitySet = HashSet<Identity, BuildHasherDefault<IdentityHasher>>;
+
+/// The hasher of [`IdentityMap`]: both halves of an identity folded into 64 bits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, identity: u128) {
+        self.0 = (identity as u64) ^ ((identity >> 64) as u64);
+    }
+
+    /// Only identities are keys; anything else is hashed properly, not passed through.
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64(bytes) ^ self.0.rotate_left(5);
+    }
+}
+
+/// Hashes `text` behind its length, so that consecutive fields cannot run into each other.
+fn feed(hasher: &mut Xxh3, text: &[u8]) {
+    hasher.update(&(text.len() as u64).to_le_bytes());
+    hasher.update(text);
+}
 
 /// The identities of one event frame, from one parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,19 +106,19 @@ pub fn event_identities(frame: &[u8]) -> Option<Identities> {
 /// if it has no topic.
 pub fn identities(envelope: &Envelope<'_>) -> Option<Identities> {
     let topic = envelope.topic()?;
-    let body = envelope.body_raw();
-    // Two fixed-key SipHash states (stable within a process, which is all the merge needs).
-    let mut low = DefaultHasher::new();
-    let mut high = DefaultHasher::new();
-    0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
-    for hasher in [&mut low, &mut high] {
-        topic.hash(hasher);
-        body.hash(hasher);
+    // One pass of XXH3 (128 bits) over topic, body and CorrelationId: the identity keyed by
+    // body is the digest before the CorrelationId goes in.
+    let mut hasher = Xxh3::new();
+    hasher.update(b"E");
+    feed(&mut hasher, topic.as_bytes());
+    match envelope.body_raw() {
+        Some(body) => {
+            hasher.update(&[1]);
+            feed(&mut hasher, body.as_bytes());
+        }
+        None => hasher.update(&[0]),
     }
-    let join = |low: &DefaultHasher, high: &DefaultHasher| {
-        ((high.finish() as u128) << 64) | low.finish() as u128
-    };
-    let by_body = join(&low, &high);
+    let by_body = hasher.digest128();
     let Some(correlation_id) = envelope.correlation_raw() else {
         return Some(Identities {
             by_body,
@@ -95,15 +126,11 @@ pub fn identities(envelope: &Envelope<'_>) -> Option<Identities> {
             correlation: None,
         });
     };
-    let mut alone = DefaultHasher::new();
-    correlation_id.hash(&mut alone);
-    for hasher in [&mut low, &mut high] {
-        correlation_id.hash(hasher);
-    }
+    feed(&mut hasher, correlation_id.as_bytes());
     Some(Identities {
         by_body,
-        by_correlation: join(&low, &high),
-        correlation: Some(alone.finish()),
+        by_correlation: hasher.digest128(),
+        correlation: Some(xxh3_64(correlation_id.as_bytes())),
     })
 }
 
@@ -116,14 +143,10 @@ pub fn event_identity(frame: &[u8]) -> Option<Identity> {
 /// The identity of a frame that is not an envelope (a malformed frame): its bytes, hashed
 /// apart from event identities.
 pub fn raw_identity(frame: &[u8]) -> Identity {
-    let mut low = DefaultHasher::new();
-    let mut high = DefaultHasher::new();
-    "raw".hash(&mut low);
-    0x9e37_79b9_7f4a_7c15_u64.hash(&mut high);
-    "raw".hash(&mut high);
-    frame.hash(&mut low);
-    frame.hash(&mut high);
-    ((high.finish() as u128) << 64) | low.finish() as u128
+    let mut hasher = Xxh3::new();
+    hasher.update(b"R");
+    feed(&mut hasher, frame);
+    hasher.digest128()
 }
 
 /// What to do with a copy.
@@ -169,12 +192,12 @@ impl Entry {
 pub struct Merge {
     capacity: usize,
     window: Duration,
-    entries: HashMap<Identity, Entry>,
+    entries: IdentityMap<Entry>,
     /// Insertion order, for expiry and eviction: (identity, first seen, stamp).
     order: VecDeque<(Identity, Instant, u64)>,
     next_stamp: u64,
     /// Identities whose entry expired still waiting for a copy.
-    expired: HashSet<Identity>,
+    expired: IdentitySet,
     expired_order: VecDeque<Identity>,
     /// Complete entries are kept until then (a socket attached recently).
     keep_until: Option<Instant>,
@@ -197,10 +220,10 @@ impl Merge {
         Self {
             capacity: capacity.max(1),
             window,
-            entries: HashMap::new(),
+            entries: IdentityMap::default(),
             order: VecDeque::new(),
             next_stamp: 0,
-            expired: HashSet::new(),
+            expired: IdentitySet::default(),
             expired_order: VecDeque::new(),
             keep_until: None,
             connect_pending: true,
@@ -248,7 +271,7 @@ impl Merge {
     /// and is forgotten.
     fn rekey(&mut self) {
         let old: Vec<(Identity, Entry)> = self.entries.drain().collect();
-        let mut moved: HashMap<Identity, Identity> = HashMap::new();
+        let mut moved: IdentityMap<Identity> = IdentityMap::default();
         for (identity, mut entry) in old {
             let key = entry.alternate;
             entry.alternate = identity;
@@ -488,6 +511,32 @@ mod tests {
     const A: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":1},"metadata":{"CorrelationId":"x"}}"#;
     const A_OTHER_META: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":1},"metadata":{"CorrelationId":"y"}}"#;
     const B: &[u8] = br#"{"topicName":"v2.users.u.conversations","eventBody":{"id":"c","n":2}}"#;
+
+    #[test]
+    fn hashed_fields_cannot_run_into_each_other() {
+        let digest = |parts: &[&[u8]]| {
+            let mut hasher = Xxh3::new();
+            for part in parts {
+                feed(&mut hasher, part);
+            }
+            hasher.digest128()
+        };
+        assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
+        assert_ne!(digest(&[b"", b"abc"]), digest(&[b"abc", b""]));
+        // A frame without a body, one with an empty object, a malformed frame: all apart.
+        let no_body = br#"{"topicName":"t"}"#;
+        let empty = br#"{"topicName":"t","eventBody":{}}"#;
+        assert_ne!(event_identity(no_body), event_identity(empty));
+        assert_ne!(event_identity(no_body), Some(raw_identity(no_body)));
+        // The tables take an identity's bits as they are.
+        let mut table: IdentityMap<u8> = IdentityMap::default();
+        table.insert(u128::MAX, 1);
+        table.insert(7, 2);
+        assert_eq!((table.get(&u128::MAX), table.get(&7)), (Some(&1), Some(&2)));
+        let mut hasher = IdentityHasher::default();
+        hasher.write_u128((5u128 << 64) | 3);
+        assert_eq!(hasher.finish(), 5 ^ 3);
+    }
 
     #[test]
     fn identity_is_topic_body_and_correlation_id() {
