@@ -237,6 +237,26 @@ class Tansu:
         self.proc.kill()
         return False
 
+    def stored_values(self, topics: list[str]) -> list[bytes]:
+        """Every record value tansu's sqlite store holds for `topics`, read straight from
+        `data/tansu.db` (read-only): what the broker durably has, whether or not a consumer can
+        fetch it in time. tansu 0.6's sqlite engine serves a fetch of ~5 MB in ~12 s on this
+        machine, so after a large backlog a consumer's re-read needs minutes (measured on the
+        kafka_down run of 2026-12-07: 1,098 records per 11.8 s fetch)."""
+        if self.engine != "sqlite":
+            raise BenchError("stored_values needs the sqlite engine")
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{self.dir / 'data' / 'tansu.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            marks = ",".join("?" * len(topics))
+            rows = db.execute(
+                "select r.v from record r join topition tp on r.topition = tp.id "
+                f"join topic t on tp.topic = t.id where t.name in ({marks})", list(topics))
+            return [bytes(v or b"") for (v,) in rows]
+        finally:
+            db.close()
+
     def create_topics(self, topics, partitions: int = 3):
         for topic in topics:
             r = subprocess.run([tansu_bin(), "topic", "create", topic, "--partitions", str(partitions),

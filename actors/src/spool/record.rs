@@ -377,7 +377,9 @@ impl DecodedFrame {
 pub(crate) fn frame_len_from_prefix(prefix: [u8; 4]) -> Result<usize, FrameError> {
     let body_len = u32::from_le_bytes(prefix);
     let body = body_len as usize;
-    if !(BODY_FIXED_BYTES..=BODY_FIXED_BYTES + MAX_PAYLOAD_BYTES).contains(&body) {
+    if !(BODY_FIXED_BYTES..=BODY_FIXED_BYTES + EVENT_INDEX_BYTES + MAX_PAYLOAD_BYTES)
+        .contains(&body)
+    {
         return Err(FrameError::BadLength { body_len });
     }
     Ok(CRC_END + body)
@@ -521,6 +523,18 @@ mod tests {
                 needed: bytes.len()
             })
         );
+    }
+
+    #[test]
+    fn the_largest_payload_with_an_index_has_a_plausible_length() {
+        // Before: the bound left out the index, so the largest event the spool accepts, once
+        // indexed, read back as damage.
+        let body = (BODY_FIXED_BYTES + EVENT_INDEX_BYTES + MAX_PAYLOAD_BYTES) as u32;
+        assert_eq!(
+            frame_len_from_prefix(body.to_le_bytes()),
+            Ok(CRC_END + body as usize)
+        );
+        assert!(frame_len_from_prefix((body + 1).to_le_bytes()).is_err());
     }
 
     #[test]
