@@ -157,8 +157,10 @@ fn every_event_arrives_once_with_key_headers_and_order() {
 }
 
 /// Event frames in the spool's segment files, and how many of them carry an event index (the
-/// frame layout of `actors/src/spool/record.rs`).
+/// frame layout of `actors/src/spool/record.rs`: length prefix, CRC, seq, time, shard, then
+/// the kind byte, whose bit 7 flags an index).
 fn spooled_event_frames(spool: &std::path::Path) -> (usize, usize) {
+    use genesys_actors::spool::{FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
     let (mut events, mut indexed) = (0, 0);
     for entry in std::fs::read_dir(spool).unwrap() {
         let path = entry.unwrap().path();
@@ -166,11 +168,11 @@ fn spooled_event_frames(spool: &std::path::Path) -> (usize, usize) {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes[4], 2, "segment format 2: {}", path.display());
-        let mut at = 16;
-        while at + 29 <= bytes.len() {
+        assert_eq!(bytes[4], FORMAT_VERSION, "{}", path.display());
+        let mut at = SEGMENT_HEADER_BYTES;
+        while at + RECORD_HEADER_BYTES <= bytes.len() {
             let body_len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            let kind = bytes[at + 28];
+            let kind = bytes[at + RECORD_HEADER_BYTES - 1];
             if kind & 0x7f == 0 {
                 events += 1;
                 indexed += usize::from(kind & 0x80 != 0);

@@ -471,10 +471,9 @@ fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
     }
-    if !text.contains('\\') && text.len() >= 2 {
-        return Some(Cow::Borrowed(&text[1..text.len() - 1]));
-    }
-    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    plain_str(raw)
+        .map(Cow::Borrowed)
+        .or_else(|| serde_json::from_str::<String>(text).ok().map(Cow::Owned))
 }
 
 /// A raw JSON string's text when it has no escapes (what it stands for is then the text

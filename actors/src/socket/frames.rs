@@ -272,7 +272,7 @@ impl SocketActor {
                     kind: MALFORMED,
                     shard: self.shard,
                     received_at_ms: now_ms,
-                    payload: data.clone(),
+                    payload: data,
                     index: None,
                 };
                 if self.append(record, ctx) {
@@ -345,8 +345,9 @@ impl SocketActor {
         }
     }
 
-    /// `envelope` is `data` read (`None` only in tests of the merge): a copy the merge lets
-    /// through is stored with the envelope's index.
+    /// `envelope` is `data` read (an event always has one; `None` stores the event without
+    /// an index, and the producer parses it): a copy the merge lets through is stored with the
+    /// envelope's index.
     fn deliver(
         &mut self,
         conn_id: u64,
