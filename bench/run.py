@@ -231,6 +231,7 @@ class Harness:
             if key not in self.profile:
                 raise BenchError(f"--set {key}: no such profile value ({', '.join(sorted(self.profile))})")
             self.profile[key] = json.loads(value)
+        self.legs = set(args.legs.split(",")) if args.legs else None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{args.profile}-"))
         self.results: dict = {"workloads": {}, "checks": [], "errors": []}
         default_bins = "release" if self.profile["bins"] == "release" else "debug"
@@ -269,6 +270,9 @@ class Harness:
 
     def leg(self, workload: str, leg: str, fn):
         """Runs one leg; an exception is recorded as a failed leg, not the end of the run."""
+        if self.legs is not None and leg not in self.legs:
+            log(f"{workload}: {leg} skipped (--legs)")
+            return None
         log(f"{workload}: {leg} ...")
         started = time.monotonic()
         try:
@@ -743,7 +747,7 @@ class Harness:
         ok = all(c["ok"] for c in self.results["checks"]) and not self.results["errors"]
         self.results["ok"] = ok
         out = Path(self.args.results) if self.args.results else (
-            BENCH / "RESULTS.md" if self.args.profile == "full" and not only and not self.args.set else
+            BENCH / "RESULTS.md" if self.args.profile == "full" and not only and not self.args.set and not self.args.legs else
             Path(tempfile.mkstemp(prefix=f"bench-{self.args.profile}-", suffix=".md")[1]))
         import report
         (self.workdir / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
@@ -1075,6 +1079,8 @@ def main() -> int:
                                       "full run, a temp file otherwise)")
     ap.add_argument("--only", help="comma-separated subset: burst,steady,high,faults,lifecycle,scale (never writes RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, spool, data)")
+    ap.add_argument("--legs", help="comma-separated subset of legs to run, e.g. bridge,raw (a raw leg replays "
+                                   "the frames of the bridge leg before it); for experiments: never writes RESULTS.md")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile value (JSON), e.g. --set burst_events=20000; for experiments: "
                          "never writes RESULTS.md")
