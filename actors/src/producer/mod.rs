@@ -12,7 +12,6 @@
 pub mod dead_letter;
 mod delivery;
 pub mod errors;
-mod events;
 mod pump;
 mod record;
 mod retry;
