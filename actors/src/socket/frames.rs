@@ -169,7 +169,7 @@ impl SocketActor {
         // where the producer finds topic, key and CorrelationId (the spool keeps that beside
         // the frame). With the merge the body's text is kept, to compare the legs' copies;
         // without it only the body's ids are read.
-        let merging = self.merge.needed(&self.attached);
+        let merging = self.merge.needed(&self.attached, Instant::now());
         let envelope = is_text.then(|| {
             if merging {
                 Envelope::read(&data)
@@ -254,7 +254,7 @@ impl SocketActor {
             Err(error) => {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
                 // destination, where it can be inspected (once, if both legs brought it).
-                if self.merge.needed(&self.attached) {
+                if self.merge.needed(&self.attached, Instant::now()) {
                     self.sync_connect_pending();
                     let identity = merge::raw_identity(&data);
                     let verdict =
@@ -357,7 +357,7 @@ impl SocketActor {
         received_at_ms: i64,
         ctx: &mut Context<Self>,
     ) {
-        if self.merge.needed(&self.attached) {
+        if self.merge.needed(&self.attached, Instant::now()) {
             // `ids` is taken in `on_message` whenever the merge is needed (nothing between
             // there and here changes that), so the frame is not parsed again.
             if let Some(ids) = ids {

@@ -348,9 +348,12 @@ impl Merge {
             && (self.connect_pending || attached.iter().any(|lane| !entry.expected.contains(lane)))
     }
 
-    /// Whether a copy arriving with `attached` lanes needs an identity at all.
-    pub fn needed(&self, attached: &[u64]) -> bool {
-        attached.len() > 1 || !self.entries.is_empty()
+    /// Whether a copy arriving with `attached` lanes needs an identity at all: with more than
+    /// one lane, with entries waiting, and during the grace after a connect started, when a
+    /// socket that is not attached yet (a rollover's successor on the only leg) may already be
+    /// bringing twins of what the attached one delivers.
+    pub fn needed(&self, attached: &[u64], now: Instant) -> bool {
+        attached.len() > 1 || !self.entries.is_empty() || self.keeping(now)
     }
 
     /// Entries waiting for copies.
@@ -589,12 +592,29 @@ mod tests {
     fn one_lane_costs_nothing_and_keeps_nothing() {
         let now = Instant::now();
         let mut merge = Merge::new(100, Duration::from_secs(5));
-        assert!(!merge.needed(&[1]));
+        assert!(!merge.needed(&[1], now));
         let a = event_identity(A).unwrap();
         assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
         assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
         assert_eq!(merge.pending(), 0);
-        assert!(merge.needed(&[1, 2]));
+        assert!(merge.needed(&[1, 2], now));
+    }
+
+    #[test]
+    fn a_rollover_on_the_only_lane_makes_the_merge_catch_the_successors_twin() {
+        // lifecycle::planned_closes_and_expiries_…: with one leg, a frame came on the old
+        // socket before the successor attached and again on the successor 2 ms later; the
+        // merge, not needed with one lane attached and no entries, let both through.
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(120));
+        merge.lane_connecting(now);
+        merge.set_connect_pending(true);
+        assert!(merge.needed(&[1], now), "a connect is under way");
+        let a = event_identity(A).unwrap();
+        assert_eq!(merge.offer(a, 1, &[1], now), Verdict::Deliver);
+        merge.lane_attached(now);
+        merge.set_connect_pending(false);
+        assert_eq!(merge.offer(a, 2, &[1, 2], now), Verdict::Duplicate);
     }
 
     #[test]
