@@ -84,7 +84,9 @@ fn gap_of(kafka: &Tansu) -> Option<(DateTime<Utc>, DateTime<Utc>, String)> {
         })
 }
 
-fn check_backfill(sim: &SimHandle, kafka: &Tansu) -> usize {
+/// Checks the completed gap's backfill records against the simulator's history and returns how
+/// many copies of each conversation reached Kafka.
+fn check_backfill(sim: &SimHandle, kafka: &Tansu) -> HashMap<String, usize> {
     let (start, end, gap) = gap_of(kafka).expect("a completed backfill");
     let padded = (
         start - chrono::Duration::seconds(1),
@@ -114,7 +116,35 @@ fn check_backfill(sim: &SimHandle, kafka: &Tansu) -> usize {
         got, expected,
         "exactly the conversations active in the padded gap"
     );
+    count
+}
+
+/// Extra copies beyond one per conversation.
+fn duplicates(count: &HashMap<String, usize>) -> usize {
     count.values().map(|n| n - 1).sum()
+}
+
+/// The backfill records (gap id, conversation id) in a stopped bridge's spool that are not yet
+/// marked delivered: a restart sends them again, and some may already be in Kafka (delivery is
+/// at least once; the committed position is persisted every `fsync_interval`).
+fn undelivered_backfill(spool: &std::path::Path) -> Vec<(String, String)> {
+    use genesys_actors::backfill::{BackfillPayload, BACKFILL};
+    use genesys_actors::spool::{Spool, SpoolConfig};
+    let (spool, _) = Spool::open(SpoolConfig::new(spool)).expect("the killed bridge's spool opens");
+    let mut found = Vec::new();
+    let mut from = spool.committed_seq() + 1;
+    loop {
+        let batch = spool.read_batch(from, 1000, 16 << 20).unwrap();
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        for entry in batch.iter().filter(|e| e.record.kind == BACKFILL) {
+            let payload: BackfillPayload<'_> =
+                serde_json::from_slice(&entry.record.payload).unwrap();
+            found.push((payload.gap, payload.conversation_id));
+        }
+    }
+    spool.close().unwrap();
+    found
 }
 
 #[test]
@@ -139,7 +169,7 @@ fn a_gap_is_filled_with_every_conversation_active_in_it_once() {
     wait_until("the gap is backfilled", Duration::from_secs(60), || {
         gap_of(&kafka).is_some()
     });
-    let duplicates = check_backfill(&sim, &kafka);
+    let duplicates = duplicates(&check_backfill(&sim, &kafka));
     assert_eq!(duplicates, 0, "each conversation once");
     assert!(bridge.metric("genesys_bridge_backfill_gaps_total") >= 1.0);
     assert!(bridge.metric("genesys_bridge_backfill_conversations_total") >= 1.0);
@@ -188,16 +218,36 @@ fn a_429_storm_delays_backfill_and_a_restart_resumes_it() {
         pending.contains("\"page\""),
         "the pending gap survived: {pending}"
     );
+    let undelivered = undelivered_backfill(&dir.path().join("spool"));
     bridge.restart(&[]);
     wait_until(
         "the gap is backfilled after the restart",
         Duration::from_secs(90),
         || gap_of(&kafka).is_some(),
     );
-    let duplicates = check_backfill(&sim, &kafka);
-    eprintln!("backfill across a SIGKILL: {duplicates} duplicates");
+    let (_, _, gap) = gap_of(&kafka).unwrap();
+    let count = check_backfill(&sim, &kafka);
+    // A record the killed bridge had spooled but not yet marked delivered is sent again by the
+    // restart (it may have reached Kafka before the kill): that copy is the spool's at-least-once
+    // replay, not the backfill's. What is left is what the backfill fetched twice.
+    let replayed = undelivered.iter().filter(|(g, _)| *g == gap).count();
+    let refetched: usize = count
+        .iter()
+        .map(|(id, n)| {
+            let replays = undelivered
+                .iter()
+                .filter(|(g, c)| *g == gap && c == id)
+                .count();
+            (n - 1).saturating_sub(replays)
+        })
+        .sum();
+    eprintln!(
+        "backfill across a SIGKILL: {} duplicates, {replayed} of the gap's records were \
+         undelivered at the kill, {refetched} fetched again",
+        duplicates(&count)
+    );
     assert!(
-        duplicates <= 3,
-        "at most the page in flight at the kill is repeated"
+        refetched <= 3,
+        "at most the page in flight at the kill is fetched again"
     );
 }

@@ -169,7 +169,9 @@ impl SocketActor {
         // where the producer finds topic, key and CorrelationId (the spool keeps that beside
         // the frame). With the merge the body's text is kept, to compare the legs' copies;
         // without it only the body's ids are read.
-        let merging = self.merge.needed(&self.attached, Instant::now());
+        // One clock read for every merge decision about this frame, so the attach grace
+        // cannot end between deciding to take the identities and offering them.
+        let merging = self.merge.needed(&self.attached, seen_at);
         let envelope = is_text.then(|| {
             if merging {
                 Envelope::read(&data)
@@ -249,17 +251,15 @@ impl SocketActor {
                     self.health
                         .shard(self.shard, |s| s.last_event_at = Some(now));
                 }
-                self.deliver(conn_id, data.clone(), envelope, ids, now_ms, ctx);
+                self.deliver(conn_id, data.clone(), envelope, ids, now_ms, seen_at, ctx);
             }
             Err(error) => {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
                 // destination, where it can be inspected (once, if both legs brought it).
-                if self.merge.needed(&self.attached, Instant::now()) {
+                if merging {
                     self.sync_connect_pending();
                     let identity = merge::raw_identity(&data);
-                    let verdict =
-                        self.merge
-                            .offer(identity, conn_id, &self.attached, Instant::now());
+                    let verdict = self.merge.offer(identity, conn_id, &self.attached, seen_at);
                     if verdict == Verdict::Duplicate {
                         self.metrics.duplicates_suppressed.inc();
                         self.frame_handled(conn_id, now_ms);
@@ -347,7 +347,9 @@ impl SocketActor {
 
     /// `envelope` is `data` read (an event always has one; `None` stores the event without
     /// an index, and the producer parses it): a copy the merge lets through is stored with the
-    /// envelope's index.
+    /// envelope's index. `ids` are the frame's identities, taken in `on_message` exactly when
+    /// the merge was needed at `seen_at`: the merge judges the copy at that same instant.
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         conn_id: u64,
@@ -355,38 +357,37 @@ impl SocketActor {
         envelope: Option<&Envelope<'_>>,
         ids: Option<merge::Identities>,
         received_at_ms: i64,
+        seen_at: Instant,
         ctx: &mut Context<Self>,
     ) {
-        if self.merge.needed(&self.attached, Instant::now()) {
-            // `ids` is taken in `on_message` whenever the merge is needed (nothing between
-            // there and here changes that), so the frame is not parsed again.
-            if let Some(ids) = ids {
-                let now = Instant::now();
-                let keys = self.merge.identify(&ids, conn_id, &self.attached, now);
-                if let Some(keying) = self.merge.take_keying_change() {
-                    self.health
-                        .shard(self.shard, |s| s.merge_keying = keying.as_str());
-                    tracing::info!(
-                        shard = self.shard,
-                        keying = keying.as_str(),
-                        "merge keying learnt: the channels {} on CorrelationIds",
-                        match keying {
-                            super::correlation::Keying::CorrelationId => "agree",
-                            super::correlation::Keying::TopicAndBody => "disagree",
-                        }
-                    );
+        if let Some(ids) = ids {
+            let keys = self.merge.identify(&ids, conn_id, &self.attached, seen_at);
+            if let Some(keying) = self.merge.take_keying_change() {
+                self.health
+                    .shard(self.shard, |s| s.merge_keying = keying.as_str());
+                tracing::info!(
+                    shard = self.shard,
+                    keying = keying.as_str(),
+                    "merge keying learnt: the channels {} on CorrelationIds",
+                    match keying {
+                        super::correlation::Keying::CorrelationId => "agree",
+                        super::correlation::Keying::TopicAndBody => "disagree",
+                    }
+                );
+            }
+            self.sync_connect_pending();
+            match self
+                .merge
+                .offer_keyed(keys, conn_id, &self.attached, seen_at)
+            {
+                Verdict::Deliver => {}
+                Verdict::Duplicate => {
+                    self.metrics.duplicates_suppressed.inc();
+                    self.frame_handled(conn_id, received_at_ms);
+                    return;
                 }
-                self.sync_connect_pending();
-                match self.merge.offer_keyed(keys, conn_id, &self.attached, now) {
-                    Verdict::Deliver => {}
-                    Verdict::Duplicate => {
-                        self.metrics.duplicates_suppressed.inc();
-                        self.frame_handled(conn_id, received_at_ms);
-                        return;
-                    }
-                    Verdict::LateDuplicate => {
-                        self.metrics.duplicates_late.inc();
-                    }
+                Verdict::LateDuplicate => {
+                    self.metrics.duplicates_late.inc();
                 }
             }
         }
