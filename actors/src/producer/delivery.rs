@@ -1,15 +1,15 @@
 //! librdkafka's delivery callback: acknowledges delivered records in the spool and hands every
-//! failure to the send loop, which decides (retry, dead letter, stop).
+//! failure to the send loop, which decides (retry, dead letter, stop). It runs on the send
+//! loop's thread, inside its polls of librdkafka's queue (`events.rs`).
 
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::retry::{Attempts, Stripes};
 use crate::health::Health;
@@ -55,7 +55,6 @@ pub(super) struct DeliveryContext {
     pub(super) in_flight: Arc<AtomicUsize>,
     pub(super) in_flight_bytes: Arc<AtomicUsize>,
     pub(super) stripes: Arc<Stripes>,
-    pub(super) wake: Arc<DeliveryWake>,
     pub(super) failures: mpsc::UnboundedSender<Failed>,
 }
 
@@ -104,60 +103,6 @@ impl ProducerContext for DeliveryContext {
         if let Some(stripe) = stripe {
             self.stripes.resolved(stripe);
         }
-        self.wake.delivered();
-    }
-}
-
-/// Wakes the send loop: on a delivery only while the loop waits for one (room in flight, a
-/// key's records in flight), and on a stop. A delivery the loop does not wait for costs an
-/// atomic add, not a cross-thread wake-up and a spool read that finds nothing (profile of
-/// issue #16: one such wake per record).
-#[derive(Debug, Default)]
-pub(super) struct DeliveryWake {
-    notify: Notify,
-    /// The loop waits for a delivery.
-    armed: AtomicBool,
-    /// Deliveries so far (successes and failures).
-    deliveries: AtomicU64,
-}
-
-impl DeliveryWake {
-    /// A record's delivery report arrived (after its in-flight counts were lowered).
-    pub(super) fn delivered(&self) {
-        self.deliveries.fetch_add(1, Ordering::SeqCst);
-        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Deliveries so far: read before the loop decides to wait, for
-    /// [`DeliveryWake::delivery_after`].
-    pub(super) fn seen(&self) -> u64 {
-        self.deliveries.load(Ordering::SeqCst)
-    }
-
-    /// Resolves on the first delivery after `seen` was read (at once if there was one
-    /// already), or on [`DeliveryWake::stop`].
-    pub(super) async fn delivery_after(&self, seen: u64) {
-        let mut notified = pin!(self.notify.notified());
-        notified.as_mut().enable();
-        self.armed.store(true, Ordering::SeqCst);
-        // A delivery either counted before this read (seen here) or saw `armed` (notifies).
-        if self.deliveries.load(Ordering::SeqCst) != seen {
-            self.armed.store(false, Ordering::SeqCst);
-            return;
-        }
-        notified.await;
-    }
-
-    /// Resolves on [`DeliveryWake::stop`] only (deliveries do not wake this waiter).
-    pub(super) async fn stopped(&self) {
-        self.notify.notified().await;
-    }
-
-    /// Wakes the loop whatever it waits for.
-    pub(super) fn stop(&self) {
-        self.notify.notify_one();
     }
 }
 
@@ -166,68 +111,5 @@ impl DeliveryContext {
         if let Err(error) = self.spool.ack(seq) {
             tracing::error!(seq, error = %error, "spool ack failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-
-    use super::*;
-
-    fn poll_once(future: std::pin::Pin<&mut impl Future<Output = ()>>) -> Poll<()> {
-        future.poll(&mut Context::from_waker(Waker::noop()))
-    }
-
-    #[test]
-    fn deliveries_nobody_waits_for_store_no_wake_up() {
-        let wake = DeliveryWake::default();
-        let seen = wake.seen();
-        for _ in 0..1000 {
-            wake.delivered();
-        }
-        // Before the fix every delivery notified: a waiter for new records (`stopped`) found
-        // a stored permit and the loop went round once more per record.
-        let mut stopped = pin!(wake.stopped());
-        assert_eq!(poll_once(stopped.as_mut()), Poll::Pending);
-        assert_ne!(wake.seen(), seen);
-    }
-
-    #[test]
-    fn a_delivery_before_the_wait_resolves_it_at_once() {
-        let wake = DeliveryWake::default();
-        let seen = wake.seen();
-        wake.delivered();
-        let mut waiting = pin!(wake.delivery_after(seen));
-        assert_eq!(poll_once(waiting.as_mut()), Poll::Ready(()));
-        assert!(!wake.armed.load(Ordering::SeqCst));
-    }
-
-    #[test]
-    fn a_delivery_during_the_wait_wakes_it_once() {
-        let wake = DeliveryWake::default();
-        let seen = wake.seen();
-        let mut waiting = pin!(wake.delivery_after(seen));
-        assert_eq!(poll_once(waiting.as_mut()), Poll::Pending);
-        wake.delivered();
-        assert_eq!(poll_once(waiting.as_mut()), Poll::Ready(()));
-        // Disarmed by the delivery that woke it: the next ones notify nobody.
-        wake.delivered();
-        let mut stopped = pin!(wake.stopped());
-        assert_eq!(poll_once(stopped.as_mut()), Poll::Pending);
-    }
-
-    #[test]
-    fn stop_wakes_either_waiter() {
-        let wake = DeliveryWake::default();
-        let mut waiting = pin!(wake.delivery_after(wake.seen()));
-        assert_eq!(poll_once(waiting.as_mut()), Poll::Pending);
-        wake.stop();
-        assert_eq!(poll_once(waiting.as_mut()), Poll::Ready(()));
-        let mut stopped = pin!(wake.stopped());
-        assert_eq!(poll_once(stopped.as_mut()), Poll::Pending);
-        wake.stop();
-        assert_eq!(poll_once(stopped.as_mut()), Poll::Ready(()));
     }
 }

@@ -12,6 +12,7 @@
 pub mod dead_letter;
 mod delivery;
 pub mod errors;
+mod events;
 mod pump;
 mod record;
 mod retry;

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 use smallvec::{smallvec, SmallVec};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::dead_letter::{self, DeadLetterFile};
-use super::delivery::{DeadLetterCopy, DeliveryContext, DeliveryWake, Failed, Pending};
+use super::delivery::{DeadLetterCopy, DeliveryContext, Failed, Pending};
 use super::errors::{classify, is_purged, is_queue_full, is_too_large, label, Consequence};
+use super::events::EventQueue;
 use super::record::{build, Built, Outgoing};
 use super::retry::{Attempts, Due, RetryBook, Stripes, Verdict};
 use super::KafkaSettings;
@@ -30,6 +31,9 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const IDLE_TICK: Duration = Duration::from_millis(250);
 /// The shortest wait for a due retry.
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// Most librdkafka events (a delivery report event holds a batch of records) served per round
+/// of the loop; the rest wait for the next round, which comes at once.
+const MAX_EVENTS_PER_ROUND: usize = 256;
 
 /// Whether librdkafka took a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +81,16 @@ pub(super) struct Pump {
     spool: Spool,
     metrics: Arc<Metrics>,
     health: Health,
-    producer: ThreadedProducer<DeliveryContext>,
+    /// Declared before `producer`, so its handle on librdkafka's queue goes before the client.
+    events: EventQueue,
+    /// Polled on the loop's own thread (see `events.rs`): the delivery callbacks run there.
+    producer: BaseProducer<DeliveryContext>,
     failures: tokio::sync::Mutex<mpsc::UnboundedReceiver<Failed>>,
     in_flight: Arc<AtomicUsize>,
     in_flight_bytes: Arc<AtomicUsize>,
     stripes: Arc<Stripes>,
-    wake: Arc<DeliveryWake>,
+    /// Wakes a waiting loop to see `stopped`.
+    stop: Notify,
     stopped: AtomicBool,
     /// librdkafka times records out (`message.timeout.ms` set): one batch per key at a time.
     one_batch_per_key: bool,
@@ -99,7 +107,6 @@ impl Pump {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let in_flight_bytes = Arc::new(AtomicUsize::new(0));
         let stripes = Arc::new(Stripes::default());
-        let wake = Arc::new(DeliveryWake::default());
         let context = DeliveryContext {
             spool: spool.clone(),
             metrics: metrics.clone(),
@@ -107,22 +114,24 @@ impl Pump {
             in_flight: in_flight.clone(),
             in_flight_bytes: in_flight_bytes.clone(),
             stripes: stripes.clone(),
-            wake: wake.clone(),
             failures: sender,
         };
-        let producer = settings.client_config().create_with_context(context)?;
+        let producer: BaseProducer<DeliveryContext> =
+            settings.client_config().create_with_context(context)?;
+        let events = EventQueue::new(producer.client());
         let settings_times_out = settings.records_time_out();
         Ok(Self {
             settings,
             spool,
             metrics,
             health,
+            events,
             producer,
             failures: tokio::sync::Mutex::new(receiver),
             in_flight,
             in_flight_bytes,
             stripes,
-            wake,
+            stop: Notify::new(),
             stopped: AtomicBool::new(false),
             one_batch_per_key: settings_times_out,
         })
@@ -130,7 +139,7 @@ impl Pump {
 
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.wake.stop();
+        self.stop.notify_one();
     }
 
     /// Runs until stopped (Ok) or until the producer is unusable (Err).
@@ -154,8 +163,8 @@ impl Pump {
         let started_ms = chrono::Utc::now().timestamp_millis();
         let mut recovered = false;
         loop {
-            // Before anything this round decides on: a delivery after it wakes a wait for one.
-            let seen = self.wake.seen();
+            // Delivery reports first: they make room in flight and free keys.
+            self.serve_events();
             if self.stopped.load(Ordering::Acquire) {
                 self.sync_dead_letters(&mut state);
                 return Ok(());
@@ -183,21 +192,21 @@ impl Pump {
             self.retry_file_backlog(&mut state)?;
             self.update_gauges(&state);
             if self.full() {
-                self.wait(&mut state, &mut failures, seen, None).await?;
+                self.wait(&mut state, &mut failures, None).await?;
                 continue;
             }
             // Retries first: they are older than anything new.
             let due = state.book.take_due(Instant::now(), idle);
             if !due.is_empty() {
                 if self.send_again(&mut state, due)? == Sent::Busy {
-                    self.wait(&mut state, &mut failures, seen, None).await?;
+                    self.wait(&mut state, &mut failures, None).await?;
                 }
                 continue;
             }
             if state.book.len() >= self.settings.max_in_flight {
                 // Enough waits in the retry book (seqs only, read again when sent): newer
                 // records stay in the spool until it shrinks.
-                self.wait(&mut state, &mut failures, seen, None).await?;
+                self.wait(&mut state, &mut failures, None).await?;
                 continue;
             }
             let room = self
@@ -219,8 +228,7 @@ impl Pump {
                 .map_err(|e| format!("spool read failed: {e}"))?;
             if batch.is_empty() {
                 let cursor = state.cursor;
-                self.wait(&mut state, &mut failures, seen, Some(cursor))
-                    .await?;
+                self.wait(&mut state, &mut failures, Some(cursor)).await?;
                 continue;
             }
             for entry in &batch {
@@ -230,7 +238,7 @@ impl Pump {
                 if self.produce(&mut state, entry, Attempts::default(), true)? == Sent::Busy {
                     // This one and the rest of the batch are read again once deliveries made
                     // room.
-                    self.wait(&mut state, &mut failures, seen, None).await?;
+                    self.wait(&mut state, &mut failures, None).await?;
                     break;
                 }
                 state.cursor = entry.seq + 1;
@@ -269,34 +277,33 @@ impl Pump {
             .set((state.book.len() + state.file_backlog.len()) as i64);
     }
 
-    /// Waits, never blocking the thread, for new records from `new_records_from` (given), for a
-    /// delivery after `seen` (room in flight, a key's records resolved) when none is given or a
-    /// due retry group waits for its key, and for a failure, a due retry or a stop.
+    /// Serves what librdkafka queued (delivery reports run their callbacks here, on the
+    /// loop's thread), up to [`MAX_EVENTS_PER_ROUND`] events.
+    fn serve_events(&self) {
+        for _ in 0..MAX_EVENTS_PER_ROUND {
+            if self.events.len() == 0 {
+                break;
+            }
+            // A zero timeout serves one event.
+            self.producer.poll(Duration::ZERO);
+        }
+    }
+
+    /// Waits, never blocking the thread, for an event from librdkafka (a delivery report:
+    /// room in flight, a key's records resolved), for new records from `new_records_from`
+    /// (given), and for a failure, a due retry or a stop.
     async fn wait(
         &self,
         state: &mut State,
         failures: &mut mpsc::UnboundedReceiver<Failed>,
-        seen: u64,
         new_records_from: Option<u64>,
     ) -> Result<(), String> {
         let now = Instant::now();
-        // A retry group already due waits for its key's records in flight: their deliveries
-        // wake the loop then too.
-        let due_waits = state.book.next_due().is_some_and(|due| due <= now);
-        let wants_delivery = new_records_from.is_none() || due_waits;
         let spool = self.spool.clone();
-        let wake = self.wake.clone();
         let appended = async move {
             match new_records_from {
                 Some(seq) => spool.wait_for(seq).await,
                 None => std::future::pending().await,
-            }
-        };
-        let woken = async move {
-            if wants_delivery {
-                wake.delivery_after(seen).await
-            } else {
-                wake.stopped().await
             }
         };
         // Never a zero sleep for a group already due, which would spin.
@@ -311,7 +318,8 @@ impl Pump {
                     self.on_failed(state, failed)?;
                 }
             }
-            _ = woken => {}
+            _ = self.events.ready() => {}
+            _ = self.stop.notified() => {}
             _ = appended => {}
             _ = tokio::time::sleep(tick) => {}
         }
