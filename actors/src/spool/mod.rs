@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     /// Records at or after this seq are kept on disk whatever the acks say (see
     /// [`Spool::retain_from`]); `u64::MAX` when nobody holds any.
     retain_from: AtomicU64,
+    /// The reader's last chunk, used again by the next read once nothing else holds it.
+    spare_chunk: Mutex<Option<bytes::Bytes>>,
 }
 
 impl Shared {
@@ -184,6 +186,7 @@ impl Spool {
             fsync: FsyncStats::default(),
             reserve,
             retain_from: AtomicU64::new(u64::MAX),
+            spare_chunk: Mutex::new(None),
             config,
         });
         let syncer = syncer::spawn(Arc::clone(&shared))

@@ -1,6 +1,7 @@
 //! The read path: locate a segment under the lock, `pread` and decode outside it.
 
 use std::os::unix::fs::FileExt;
+use std::sync::PoisonError;
 
 use bytes::Bytes;
 
@@ -69,7 +70,7 @@ impl Shared {
                 break;
             };
             wanted = wanted.max(view.first_seq);
-            match read_view(&view, wanted, chunk_bytes, &mut batch)? {
+            match self.read_view(&view, wanted, chunk_bytes, &mut batch)? {
                 ViewEnd::BatchFull(position) => {
                     last_position = Some(position);
                     break;
@@ -217,95 +218,117 @@ impl Batch {
     }
 }
 
-/// Reads the frames of `view` from its start, adding those at or after `wanted` to `batch`.
-fn read_view(
-    view: &SegmentView,
-    wanted: u64,
-    chunk_bytes: usize,
-    batch: &mut Batch,
-) -> Result<ViewEnd, SpoolError> {
-    let mut offset = view.start_offset;
-    let mut seq = view.start_seq;
-    let mut chunk = Bytes::new();
-    let mut chunk_start = offset;
-    while offset < view.end_offset {
-        let position = ReadCursor {
-            seq,
-            segment_first_seq: view.first_seq,
-            offset,
-        };
-        let rest = chunk.slice((offset - chunk_start) as usize..);
-        let frame = match decode_frame(&rest) {
-            Ok(frame) => frame,
-            Err(FrameError::Truncated { needed }) => {
-                let available = view.end_offset - offset;
-                if needed as u64 > available {
-                    return Ok(ViewEnd::Corrupt(Unreadable {
-                        offset,
-                        seq,
-                        reason: format!(
-                            "frame of {needed} bytes runs past the end of the segment's data"
-                        ),
-                    }));
-                }
-                let read_len = needed.max(chunk_bytes).min(available as usize);
-                chunk = read_chunk(view, offset, read_len)?;
-                chunk_start = offset;
-                continue;
-            }
-            Err(error) => {
-                return Ok(ViewEnd::Corrupt(Unreadable {
-                    offset,
-                    seq,
-                    reason: error.to_string(),
-                }))
-            }
-        };
-        if frame.seq != seq {
-            return Ok(ViewEnd::Corrupt(Unreadable {
-                offset,
-                seq,
-                reason: format!("frame has seq {}, expected {seq}", frame.seq),
-            }));
-        }
-        let frame_bytes = frame.frame_len as u64;
-        if seq >= wanted {
-            if !batch.fits(frame.payload.len()) {
-                return Ok(ViewEnd::BatchFull(position));
-            }
-            batch.push(frame.into_entry(&rest));
-        }
-        offset += frame_bytes;
-        seq += 1;
-        if batch.is_full() {
-            return Ok(ViewEnd::BatchFull(ReadCursor {
+impl Shared {
+    /// Reads the frames of `view` from its start, adding those at or after `wanted` to `batch`.
+    fn read_view(
+        &self,
+        view: &SegmentView,
+        wanted: u64,
+        chunk_bytes: usize,
+        batch: &mut Batch,
+    ) -> Result<ViewEnd, SpoolError> {
+        let mut offset = view.start_offset;
+        let mut seq = view.start_seq;
+        let mut chunk = Bytes::new();
+        let mut chunk_start = offset;
+        while offset < view.end_offset {
+            let position = ReadCursor {
                 seq,
                 segment_first_seq: view.first_seq,
                 offset,
-            }));
+            };
+            let rest = chunk.slice((offset - chunk_start) as usize..);
+            let frame = match decode_frame(&rest) {
+                Ok(frame) => frame,
+                Err(FrameError::Truncated { needed }) => {
+                    let available = view.end_offset - offset;
+                    if needed as u64 > available {
+                        return Ok(ViewEnd::Corrupt(Unreadable {
+                            offset,
+                            seq,
+                            reason: format!(
+                                "frame of {needed} bytes runs past the end of the segment's data"
+                            ),
+                        }));
+                    }
+                    let read_len = needed.max(chunk_bytes).min(available as usize);
+                    chunk = self.read_chunk(view, offset, read_len)?;
+                    chunk_start = offset;
+                    continue;
+                }
+                Err(error) => {
+                    return Ok(ViewEnd::Corrupt(Unreadable {
+                        offset,
+                        seq,
+                        reason: error.to_string(),
+                    }))
+                }
+            };
+            if frame.seq != seq {
+                return Ok(ViewEnd::Corrupt(Unreadable {
+                    offset,
+                    seq,
+                    reason: format!("frame has seq {}, expected {seq}", frame.seq),
+                }));
+            }
+            let frame_bytes = frame.frame_len as u64;
+            if seq >= wanted {
+                if !batch.fits(frame.payload.len()) {
+                    return Ok(ViewEnd::BatchFull(position));
+                }
+                batch.push(frame.into_entry(&rest));
+            }
+            offset += frame_bytes;
+            seq += 1;
+            if batch.is_full() {
+                return Ok(ViewEnd::BatchFull(ReadCursor {
+                    seq,
+                    segment_first_seq: view.first_seq,
+                    offset,
+                }));
+            }
         }
+        // Frames up to `end_offset` were all decoded, so their seqs ran up to `end_seq`.
+        debug_assert_eq!(seq, view.end_seq);
+        Ok(ViewEnd::Exhausted(ReadCursor {
+            seq,
+            segment_first_seq: view.first_seq,
+            offset,
+        }))
     }
-    // Frames up to `end_offset` were all decoded, so their seqs ran up to `end_seq`.
-    debug_assert_eq!(seq, view.end_seq);
-    Ok(ViewEnd::Exhausted(ReadCursor {
-        seq,
-        segment_first_seq: view.first_seq,
-        offset,
-    }))
-}
 
-fn read_chunk(view: &SegmentView, offset: u64, len: usize) -> Result<Bytes, SpoolError> {
-    let mut buffer = vec![0; len];
-    view.file
-        .read_exact_at(&mut buffer, offset)
-        .map_err(|error| {
-            SpoolError::io(
-                format!(
-                    "reading {len} bytes at offset {offset} of {}",
-                    view.path.display()
-                ),
-                error,
-            )
-        })?;
-    Ok(Bytes::from(buffer))
+    /// Reads `len` bytes at `offset` into the reader's spare chunk when nothing holds it any more
+    /// (the entries of the batch before are gone), else into a new one. A megabyte allocated and
+    /// freed per batch made glibc consolidate its heap each time (issue #16's profile).
+    fn read_chunk(&self, view: &SegmentView, offset: u64, len: usize) -> Result<Bytes, SpoolError> {
+        let spare = self
+            .spare_chunk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .and_then(|chunk| chunk.try_into_mut().ok());
+        let mut buffer = spare.unwrap_or_default();
+        buffer.clear();
+        buffer.resize(len, 0);
+        view.file
+            .read_exact_at(&mut buffer, offset)
+            .map_err(|error| {
+                SpoolError::io(
+                    format!(
+                        "reading {len} bytes at offset {offset} of {}",
+                        view.path.display()
+                    ),
+                    error,
+                )
+            })?;
+        let chunk = buffer.freeze();
+        if len <= MAX_CHUNK_BYTES {
+            // A chunk for one larger frame is not kept.
+            *self
+                .spare_chunk
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(chunk.clone());
+        }
+        Ok(chunk)
+    }
 }
