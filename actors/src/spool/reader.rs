@@ -1,6 +1,7 @@
 //! The read path: locate a segment under the lock, `pread` and decode outside it.
 
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
 use bytes::Bytes;
@@ -14,6 +15,8 @@ use super::Shared;
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
 /// Largest read unless a single frame is bigger; a batch needing more reads again.
 const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most entries a batch makes room for before it reads (a larger batch grows as it fills).
+const MAX_PRESIZED_ENTRIES: usize = 1024;
 /// Per-record guess used to size the first read of a batch (Genesys frames are mostly smaller).
 const TYPICAL_FRAME_BYTES: usize = 4 * 1024;
 
@@ -48,8 +51,18 @@ impl Shared {
         max_bytes: usize,
         cursor: Cursor,
     ) -> Result<Vec<SpoolEntry>, SpoolError> {
+        // Grown push by push, a batch of 1,024 reallocated ten times (issue #16's profile); sized
+        // to what is there, as a large block freed makes glibc consolidate its heap.
+        let there = self
+            .published_next_seq
+            .load(Ordering::Acquire)
+            .saturating_sub(from_seq);
         let mut batch = Batch {
-            entries: Vec::new(),
+            entries: Vec::with_capacity(
+                max_records
+                    .min(usize::try_from(there).unwrap_or(usize::MAX))
+                    .min(MAX_PRESIZED_ENTRIES),
+            ),
             payload_bytes: 0,
             max_records,
             max_bytes,
