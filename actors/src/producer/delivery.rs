@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
@@ -74,7 +75,7 @@ impl ProducerContext for DeliveryContext {
         let (bytes, stripe) = (pending.bytes, pending.stripe);
         match result {
             Ok(_) => {
-                let now_ms = chrono::Utc::now().timestamp_millis();
+                let now_ms = epoch_ms();
                 if pending.dead_letter.is_some() {
                     self.metrics
                         .dead_letters
@@ -104,6 +105,16 @@ impl ProducerContext for DeliveryContext {
             self.stripes.resolved(stripe);
         }
     }
+}
+
+/// Now, in ms since the epoch, without chrono's calendar arithmetic (once per record; 0.7 % of
+/// the bridge's CPU in issue #16's burst profile).
+fn epoch_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 impl DeliveryContext {
