@@ -171,6 +171,7 @@ impl SocketActor {
         // without it only the body's ids are read.
         // One clock read for every merge decision about this frame, so the attach grace
         // cannot end between deciding to take the identities and offering them.
+        self.sync_connect_pending();
         let merging = self.merge.needed(&self.attached, seen_at);
         let envelope = is_text.then(|| {
             if merging {
@@ -257,7 +258,6 @@ impl SocketActor {
                 // Lose nothing: the raw frame goes through the spool to the dead-letter
                 // destination, where it can be inspected (once, if both legs brought it).
                 if merging {
-                    self.sync_connect_pending();
                     let identity = merge::raw_identity(&data);
                     let verdict = self.merge.offer(identity, conn_id, &self.attached, seen_at);
                     if verdict == Verdict::Duplicate {
@@ -375,7 +375,6 @@ impl SocketActor {
                     }
                 );
             }
-            self.sync_connect_pending();
             match self
                 .merge
                 .offer_keyed(keys, conn_id, &self.attached, seen_at)

@@ -349,11 +349,15 @@ impl Merge {
     }
 
     /// Whether a copy arriving with `attached` lanes needs an identity at all: with more than
-    /// one lane, with entries waiting, and during the grace after a connect started, when a
-    /// socket that is not attached yet (a rollover's successor on the only leg) may already be
-    /// bringing twins of what the attached one delivers.
+    /// one lane, with entries waiting, and while a connect is under way within the grace, when
+    /// a socket that is not attached yet (a rollover's successor on the only leg) may already
+    /// be bringing twins of what the attached one delivers. One lane attached and no connect
+    /// under way is the plain path even in the grace after an attach: no other socket exists
+    /// that could bring a twin, so nothing would be kept.
     pub fn needed(&self, attached: &[u64], now: Instant) -> bool {
-        attached.len() > 1 || !self.entries.is_empty() || self.keeping(now)
+        attached.len() > 1
+            || !self.entries.is_empty()
+            || (self.connect_pending && self.keeping(now))
     }
 
     /// Entries waiting for copies.
@@ -615,6 +619,29 @@ mod tests {
         merge.lane_attached(now);
         merge.set_connect_pending(false);
         assert_eq!(merge.offer(a, 2, &[1, 2], now), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn the_only_lane_with_no_connect_under_way_takes_the_plain_path_in_the_grace() {
+        // bench burst (one leg, 3c656c5): the burst ran in the 5 s grace after the only
+        // socket attached, and paid the merge's full parse and hash per frame for nothing.
+        let now = Instant::now();
+        let mut merge = Merge::new(100, Duration::from_secs(120));
+        merge.lane_connecting(now);
+        merge.set_connect_pending(true);
+        assert!(merge.needed(&[], now), "a connect is under way");
+        merge.lane_attached(now);
+        merge.set_connect_pending(false);
+        assert!(
+            !merge.needed(&[1], now),
+            "one lane attached, nothing connecting, nothing waiting"
+        );
+        assert!(merge.needed(&[1, 2], now), "two lanes attached");
+        merge.set_connect_pending(true);
+        assert!(
+            merge.needed(&[1], now),
+            "a second connect started in the grace"
+        );
     }
 
     #[test]
